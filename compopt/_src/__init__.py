@@ -1,0 +1,1 @@
+"""Private implementation of compopt. Import the public API from ``compopt``."""

@@ -1,0 +1,1 @@
+"""Compressor implementations; the public names live in ``compopt.compressors``."""

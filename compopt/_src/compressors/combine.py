@@ -1,0 +1,214 @@
+"""identity, bernoulli, and compressors built from others: induced, scaled."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compopt._src.compressors import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(base.Compressor):
+  """C(x) = x: classes U(0) and B(1). Wire: the dense leaf in its dtype."""
+  name: str = "identity"
+  randomized = False
+
+  def _encode(self, key, x):
+    del key
+    return {"values": x}
+
+  def _decode(self, payload, size, dtype, key):
+    return payload["values"]
+
+  def _wire_bits(self, size, dtype):
+    return size * base.dtype_bits(dtype)
+
+  def _omega(self, size):
+    return 0.0
+
+  def _delta(self, size):
+    return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Bernoulli(base.Compressor):
+  """B_p(x) = x with probability p, else 0 (paper 002, footnote 2): class B(p).
+
+  E‖B_p(x) − x‖² = (1 − p)‖x‖². The payload is the dense leaf, sent only when
+  the coin comes up (``expected_wire_bits`` = p · ``wire_bits``); whether it
+  did is known to every receiver that shares the key.
+  """
+  p: float = 1.0
+  name: str = "bernoulli"
+
+  def _encode(self, key, x):
+    fire = jax.random.bernoulli(key, self.p)
+    return {"values": jnp.where(fire, x, jnp.zeros_like(x))}
+
+  def _decode(self, payload, size, dtype, key):
+    return payload["values"]
+
+  def _wire_bits(self, size, dtype):
+    return size * base.dtype_bits(dtype)
+
+  def _expected_wire_bits(self, size, dtype):
+    return self.p * self._wire_bits(size, dtype)
+
+  def _delta(self, size):
+    return self.p
+
+
+def _split(key):
+  if key is None:
+    return None, None
+  k1, k2 = jax.random.split(key)
+  return k1, k2
+
+
+@dataclasses.dataclass(frozen=True)
+class Induced(base.Compressor):
+  """C(x) = C1(x) + C2(x − C1(x)) (paper 000, Thm 3): class U(ω2(1 − δ1))."""
+  c1: base.Compressor = None
+  c2: base.Compressor = None
+  name: str = "induced"
+
+  @property
+  def randomized(self):
+    return self.c1.randomized or self.c2.randomized
+
+  @property
+  def decode_needs_key(self):
+    return self.c1.decode_needs_key or self.c2.decode_needs_key
+
+  def _encode(self, key, x):
+    k1, k2 = _split(key)
+    p1 = self.c1._encode(k1, x)
+    # The residual x − C1(x), in x's dtype as C2 would see it on its own.
+    residual = x - self.c1._decode(p1, x.size, x.dtype, k1).astype(x.dtype)
+    return {"c1": p1, "c2": self.c2._encode(k2, residual)}
+
+  def _decode(self, payload, size, dtype, key):
+    k1, k2 = _split(key)
+    ct = base.compute_dtype(dtype)
+    d1 = self.c1._decode(payload["c1"], size, dtype, k1).astype(dtype)
+    d2 = self.c2._decode(payload["c2"], size, dtype, k2).astype(dtype)
+    return d1.astype(ct) + d2.astype(ct)
+
+  def _wire_bits(self, size, dtype):
+    return self.c1._wire_bits(size, dtype) + self.c2._wire_bits(size, dtype)
+
+  def _expected_wire_bits(self, size, dtype):
+    return (self.c1._expected_wire_bits(size, dtype)
+            + self.c2._expected_wire_bits(size, dtype))
+
+  def _omega(self, size):
+    delta1, omega2 = self.c1._delta(size), self.c2._omega(size)
+    if delta1 is None or omega2 is None:
+      return None
+    return omega2 * (1.0 - delta1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled(base.Compressor):
+  """λ·C(x). For C ∈ U(ω): λ = 1/(1 + ω) gives B(1/(1 + ω)); in general
+  E‖λC(x) − x‖² = (1 − (2λ − λ²(1 + ω)))‖x‖², so δ = 2λ − λ²(1 + ω) when
+  positive."""
+  inner: base.Compressor = None
+  scale: float = 1.0
+  name: str = "scaled"
+
+  @property
+  def randomized(self):
+    return self.inner.randomized
+
+  @property
+  def decode_needs_key(self):
+    return self.inner.decode_needs_key
+
+  def _encode(self, key, x):
+    return self.inner._encode(key, x)
+
+  def _decode(self, payload, size, dtype, key):
+    ct = base.compute_dtype(dtype)
+    return self.inner._decode(payload, size, dtype, key).astype(dtype).astype(ct) * self.scale
+
+  def _wire_bits(self, size, dtype):
+    return self.inner._wire_bits(size, dtype)
+
+  def _expected_wire_bits(self, size, dtype):
+    return self.inner._expected_wire_bits(size, dtype)
+
+  def _omega(self, size):
+    return self.inner._omega(size) if self.scale == 1.0 else None
+
+  def _delta(self, size):
+    if self.scale == 1.0:
+      return self.inner._delta(size)
+    omega = self.inner._omega(size)
+    if omega is None:
+      return None
+    lam = self.scale
+    delta = 2 * lam - lam * lam * (1 + omega)
+    return min(delta, 1.0) if delta > 0 else None
+
+
+def _check_compressor(c, name, owner):
+  if not isinstance(c, base.Compressor):
+    raise TypeError(f"{owner}: `{name}` must be a compopt compressor; got {c!r}")
+  return c
+
+
+def identity() -> Identity:
+  """No compression: C(x) = x, classes U(0) and B(1)."""
+  return Identity()
+
+
+def bernoulli(p: float) -> Bernoulli:
+  """Bernoulli compressor B_p (paper 002, footnote 2): x with probability p,
+  else 0. Contractive, class B(p); B_p/p is unbiased, U(1/p − 1). Used by the
+  shift update of Rand-DIANA.
+
+  Args:
+    p: probability in (0, 1] of sending x.
+  """
+  return Bernoulli(p=base.check_fraction(p, "p", "bernoulli"))
+
+
+def induced(c1: base.Compressor, c2: base.Compressor) -> Induced:
+  """The induced compressor of paper 000 (Horváth & Richtárik, 2021), Thm 3.
+
+  C(x) = C1(x) + C2(x − C1(x)). For C1 ∈ B(δ1) and C2 ∈ U(ω2), C is unbiased
+  and C ∈ U(ω2(1 − δ1)); ``omega`` reports that constant (None unless C1 has a
+  δ and C2 an ω). Wire: both payloads.
+
+  Example: ``induced(top_k(ratio=0.025), rand_k_wangni(ratio=0.025))`` is the
+  Top-K/2 + Rand-K/2 (Wangni) compressor of the paper's §5.3.
+
+  References:
+    Horváth, Richtárik. A better alternative to error feedback for
+    communication-efficient distributed learning, ICLR 2021.
+    https://arxiv.org/abs/2006.11077
+  """
+  return Induced(c1=_check_compressor(c1, "c1", "induced"),
+                 c2=_check_compressor(c2, "c2", "induced"))
+
+
+def scaled(c: base.Compressor, scale: float) -> Scaled:
+  """λ·C(x). ``scaled(c, 1/(1 + c.omega(d)))`` turns an unbiased compressor
+  into a contractive one, class B(1/(1 + ω)).
+
+  Args:
+    c: the compressor to scale.
+    scale: λ, a finite number > 0.
+  """
+  c = _check_compressor(c, "c", "scaled")
+  if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+    raise TypeError(f"scaled: `scale` must be a finite number > 0; got {scale!r}")
+  if not (math.isfinite(scale) and scale > 0):
+    raise ValueError(f"scaled: `scale` must be a finite number > 0; got {scale}")
+  return Scaled(inner=c, scale=float(scale))

@@ -1,0 +1,225 @@
+"""Quantizers: natural, random_dithering (QSGD), natural_dithering, terngrad.
+
+All are unbiased: each |x_j| (or |x_j|/‖x‖_p) is rounded at random to one of
+the two nearest levels with the probabilities that keep its mean. Wire: one
+sign bit per coordinate (packed) and a low-bit code per coordinate (packed in
+bit planes where below 8 bits), plus one float32 norm per leaf for the
+dithering quantizers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compopt._src import wire
+from compopt._src.compressors import base
+
+
+def _apply_sign(magnitude, signs_packed, size):
+  return jnp.where(wire.unpack_bits(signs_packed, size), -magnitude, magnitude)
+
+
+@dataclasses.dataclass(frozen=True)
+class Natural(base.Compressor):
+  """Natural compression: |x_j| rounded at random to a neighbouring power of 2.
+
+  With 2^e ≤ |x_j| < 2^(e+1), C(x)_j = sign(x_j)·2^(e+1) with probability
+  |x_j|/2^e − 1 and sign(x_j)·2^e otherwise, so E C(x) = x; class U(1/8).
+  Wire: 1 sign bit and an 8-bit exponent code (16-bit for float64): 9 bits per
+  coordinate. Code 0 is zero; the code after the largest finite power is inf,
+  which also carries inf/NaN input (the format has no NaN). Below the smallest
+  normal number 2^e_min, |x_j| is rounded to 0 or 2^e_min (still unbiased).
+  """
+  name: str = "natural"
+
+  @staticmethod
+  def _code_dtype(dtype):
+    return np.uint16 if base.compute_dtype(dtype) == np.float64 else np.uint8
+
+  def _encode(self, key, x):
+    ct = base.compute_dtype(x.dtype)
+    fi = jnp.finfo(ct)
+    emin = int(fi.minexp)  # smallest normal is 2**emin
+    a = jnp.abs(x.astype(ct))
+    mant, exp = jnp.frexp(a)  # a = mant * 2**exp, mant in [0.5, 1)
+    normal = a >= fi.tiny
+    # lower power 2**(exp-1) has code exp - emin; code 0 is zero.
+    low = jnp.where(normal, exp - emin, 0)
+    p_up = jnp.where(normal, 2 * mant - 1, a / fi.tiny)
+    u = jax.random.uniform(key, a.shape, ct)
+    code = low + (u < p_up)
+    top = int(fi.maxexp) - emin + 1  # decodes to 2**maxexp = inf
+    code = jnp.where(jnp.isfinite(a), code, top)
+    return {"signs": wire.pack_bits(x < 0), "codes": code.astype(self._code_dtype(x.dtype))}
+
+  def _decode(self, payload, size, dtype, key):
+    ct = base.compute_dtype(dtype)
+    emin = int(jnp.finfo(ct).minexp)
+    code = payload["codes"].astype(jnp.int32)
+    mag = jnp.where(code == 0, 0, jnp.ldexp(jnp.ones((), ct), code - 1 + emin))
+    return _apply_sign(mag, payload["signs"], size)
+
+  def _wire_bits(self, size, dtype):
+    return 8 * wire.packed_bytes(size) + size * base.dtype_bits(self._code_dtype(dtype))
+
+  def _omega(self, size):
+    return 1.0 / 8.0
+
+
+def _norm(a, p):
+  """‖a‖_p for a ≥ 0, p ∈ {2, inf}, without overflow for large entries."""
+  amax = jnp.max(a)
+  if p == 2:
+    safe = jnp.where(amax > 0, amax, 1)
+    scaled = jnp.where(jnp.isfinite(safe), a / safe, a)
+    return jnp.where(jnp.isfinite(safe), safe * jnp.sqrt(jnp.sum(scaled * scaled)), amax)
+  return amax
+
+
+@dataclasses.dataclass(frozen=True)
+class Dithering(base.Compressor):
+  """Random dithering (QSGD) with s uniform levels, or natural dithering.
+
+  y_j = |x_j|/‖x‖_p is rounded at random to a neighbouring level, unbiasedly;
+  C(x)_j = ‖x‖_p · sign(x_j) · level_j. Uniform levels are {0, 1/s, ..., 1}
+  (QSGD); natural levels are {0, 2^(1−s), ..., 1/2, 1}. Either way s + 1 codes,
+  sent in ⌈log2(s + 1)⌉ bits.
+  """
+  levels: int = 1
+  norm: float = 2.0
+  natural: bool = False
+  name: str = "random_dithering"
+
+  def _encode(self, key, x):
+    ct = base.compute_dtype(x.dtype)
+    s = self.levels
+    a = jnp.abs(x.astype(ct))
+    nrm = _norm(a, self.norm)
+    y = jnp.where(nrm > 0, a / jnp.where(nrm > 0, nrm, 1), 0)
+    u = jax.random.uniform(key, a.shape, ct)
+    if self.natural:
+      mant, exp = jnp.frexp(y)  # y = mant * 2**exp
+      small = y < 2.0 ** (1 - s)
+      low = jnp.where(small, 0, exp - 1 + s)  # code c >= 1 is level 2**(c - s)
+      p_up = jnp.where(small, y * 2.0 ** (s - 1), 2 * mant - 1)
+    else:
+      t = y * s
+      low = jnp.floor(t)
+      p_up = t - low
+    code = jnp.minimum(low + (u < p_up), s)  # y <= 1 up to round-off
+    return {"signs": wire.pack_bits(x < 0),
+            "codes": wire.pack_codes(code, wire.code_bits(s)),
+            "norm": nrm}
+
+  def _decode(self, payload, size, dtype, key):
+    nrm = payload["norm"]
+    ct = nrm.dtype
+    code = wire.unpack_codes(payload["codes"], size).astype(jnp.int32)
+    if self.natural:
+      level = jnp.where(code == 0, 0, jnp.ldexp(jnp.ones((), ct), code - self.levels))
+    else:
+      level = code.astype(ct) / self.levels
+    return _apply_sign(nrm * level, payload["signs"], size)
+
+  def _wire_bits(self, size, dtype):
+    planes = 1 + wire.code_bits(self.levels)
+    return planes * 8 * wire.packed_bytes(size) + base.dtype_bits(base.compute_dtype(dtype))
+
+  def _omega(self, size):
+    s, d = self.levels, size
+    # r = min(p, 2) = 2 for p in {2, inf}, so d^(1/r) = sqrt(d).
+    if self.natural:
+      # Horváth et al. (2019a), Thm 7: ω = 1/8 + d^(1/r) 2^(1−s) min(1, d^(1/r) 2^(1−s)).
+      t = math.sqrt(d) * 2.0 ** (1 - s)
+      return 1.0 / 8.0 + t * min(1.0, t)
+    # Alistarh et al. (2017), Lemma 3.1; Horváth et al. (2019a), Thm 6.
+    return min(d / s**2, math.sqrt(d) / s)
+
+
+def _check_norm(norm, owner):
+  if isinstance(norm, str):
+    table = {"2": 2.0, "l2": 2.0, "inf": math.inf, "linf": math.inf, "max": math.inf}
+    if norm.lower() in table:
+      return table[norm.lower()]
+  elif isinstance(norm, (int, float)) and not isinstance(norm, bool) and norm in (2, math.inf):
+    return float(norm)
+  raise ValueError(f"{owner}: `norm` must be 2 or inf (also 'l2'/'inf'); got {norm!r}")
+
+
+def natural() -> Natural:
+  """Natural compression (Horváth et al., 2019a): unbiased, class U(1/8).
+
+  Each coordinate is rounded at random to one of the two nearest powers of
+  two, keeping its sign, so 9 bits per coordinate go on the wire.
+
+  References:
+    Horváth, Ho, Horváth, Sahu, Canini, Richtárik. Natural compression for
+    distributed deep learning, 2019. https://arxiv.org/abs/1905.10988
+  """
+  return Natural()
+
+
+def random_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
+  """Random dithering / QSGD with s = ``levels`` uniform levels.
+
+  C(x)_j = ‖x‖_p · sign(x_j) · ξ_j(s), ξ_j an unbiased random rounding of
+  s|x_j|/‖x‖_p to an integer, divided by s. Class U(min(d/s², √d/s)) for p ∈ {2, ∞}.
+  Wire: 1 + ⌈log2(s + 1)⌉ bits per coordinate and one float32 norm per leaf.
+
+  Args:
+    levels: s >= 1, the number of nonzero levels.
+    norm: p, 2 (QSGD) or inf.
+
+  References:
+    Alistarh, Grubic, Li, Tomioka, Vojnovic. QSGD: communication-efficient SGD
+    via gradient quantization and encoding, NeurIPS 2017.
+    https://arxiv.org/abs/1610.02132
+  """
+  levels = base.check_positive_int(levels, "levels", "random_dithering")
+  return Dithering(levels=levels, norm=_check_norm(norm, "random_dithering"))
+
+
+def qsgd(levels: int = 1, *, norm: float | str = 2) -> Dithering:
+  """QSGD: the same compressor as :func:`random_dithering` (default 2-norm)."""
+  levels = base.check_positive_int(levels, "levels", "qsgd")
+  return Dithering(levels=levels, norm=_check_norm(norm, "qsgd"), name="qsgd")
+
+
+def natural_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
+  """Natural dithering (Horváth et al., 2019a): levels 0, 2^(1−s), ..., 1/2, 1.
+
+  y_j = |x_j|/‖x‖_p is rounded at random, unbiasedly, to a neighbouring level.
+  Class U(1/8 + √d 2^(1−s) min(1, √d 2^(1−s))) for p ∈ {2, ∞}
+  (Horváth et al., 2019a, Thm 7). Wire: 1 + ⌈log2(s + 1)⌉ bits per coordinate
+  and one float32 norm per leaf.
+
+  Args:
+    levels: s >= 1, the number of nonzero levels.
+    norm: p, 2 or inf.
+
+  References:
+    Horváth, Ho, Horváth, Sahu, Canini, Richtárik. Natural compression for
+    distributed deep learning, 2019. https://arxiv.org/abs/1905.10988
+  """
+  levels = base.check_positive_int(levels, "levels", "natural_dithering")
+  return Dithering(levels=levels, norm=_check_norm(norm, "natural_dithering"),
+                   natural=True, name="natural_dithering")
+
+
+def terngrad() -> Dithering:
+  """TernGrad (Wen et al., 2017): ‖x‖_∞ · sign(x_j) · Bernoulli(|x_j|/‖x‖_∞).
+
+  Random dithering with one level and the ∞-norm: unbiased, class
+  U(min(d, √d)) = U(√d). Wire: 2 bits per coordinate and one float32 norm.
+
+  References:
+    Wen, Xu, Yan, Wu, Wang, Chen, Li. TernGrad: ternary gradients to reduce
+    communication in distributed deep learning, NeurIPS 2017.
+    https://arxiv.org/abs/1705.07878
+  """
+  return Dithering(levels=1, norm=math.inf, name="terngrad")

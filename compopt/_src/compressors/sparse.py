@@ -1,0 +1,283 @@
+"""Sparsifiers: top_k, rand_k, rand_k_wangni, nu_rand_1.
+
+Payload: the kept values (in x's dtype) and their positions in the flattened
+leaf (uint8/uint16/int32, the narrowest type that addresses the leaf), except
+for ``rand_k(shared=True)``, whose positions every receiver regenerates from
+the shared key, so only the values are sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from compopt._src import wire
+from compopt._src.compressors import base
+
+
+def _check_k_or_ratio(k, ratio, owner):
+  if (k is None) == (ratio is None):
+    raise ValueError(f"{owner}: give exactly one of `k` (an integer >= 1) or "
+                     f"`ratio` (in (0, 1]); got k={k!r}, ratio={ratio!r}")
+  if k is not None:
+    return base.check_positive_int(k, "k", owner), None
+  return None, base.check_fraction(ratio, "ratio", owner)
+
+
+def resolve_k(k: int | None, ratio: float | None, size: int, owner: str) -> int:
+  """Number of kept coordinates for a leaf of ``size`` (k >= 1 after rounding)."""
+  if k is not None:
+    if k > size:
+      raise ValueError(
+          f"{owner}: `k`={k} exceeds the size {size} of a leaf it is applied to;"
+          f" allowed 1 <= k <= size (use `ratio` for trees of mixed sizes)")
+    return k
+  return min(size, max(1, int(round(ratio * size))))
+
+
+def _sparse_wire_bits(k: int, size: int, dtype, with_indices: bool = True) -> int:
+  bits = k * base.dtype_bits(dtype)
+  if with_indices:
+    bits += k * base.dtype_bits(wire.index_dtype(size))
+  return bits
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK(base.Compressor):
+  """Keeps the k coordinates of largest magnitude: class B(k/d)."""
+  k: int | None = None
+  ratio: float | None = None
+  name: str = "top_k"
+  randomized = False
+
+  def _encode(self, key, x):
+    del key
+    k = resolve_k(self.k, self.ratio, x.size, self.name)
+    # Selection on |x| in float32: lax.top_k on bfloat16 falls back to a sort.
+    _, idx = lax.top_k(jnp.abs(x.astype(base.compute_dtype(x.dtype))), k)
+    return {"values": x[idx], "indices": idx.astype(wire.index_dtype(x.size))}
+
+  def _decode(self, payload, size, dtype, key):
+    return base.scatter(size, dtype, payload["indices"], payload["values"])
+
+  def _wire_bits(self, size, dtype):
+    return _sparse_wire_bits(resolve_k(self.k, self.ratio, size, self.name), size, dtype)
+
+  def _delta(self, size):
+    return resolve_k(self.k, self.ratio, size, self.name) / size
+
+
+@dataclasses.dataclass(frozen=True)
+class RandK(base.Compressor):
+  """Keeps k uniformly random coordinates scaled by d/k: class U(d/k − 1)."""
+  k: int | None = None
+  ratio: float | None = None
+  shared: bool = False
+  name: str = "rand_k"
+
+  @property
+  def decode_needs_key(self):
+    return self.shared
+
+  def _indices(self, key, size):
+    k = resolve_k(self.k, self.ratio, size, self.name)
+    return jax.random.choice(key, size, (k,), replace=False)
+
+  def _encode(self, key, x):
+    idx = self._indices(key, x.size)
+    if self.shared:
+      return {"values": x[idx]}
+    return {"values": x[idx], "indices": idx.astype(wire.index_dtype(x.size))}
+
+  def _decode(self, payload, size, dtype, key):
+    idx = self._indices(key, size) if self.shared else payload["indices"]
+    k = payload["values"].shape[0]
+    ct = base.compute_dtype(dtype)
+    values = payload["values"].astype(ct) * (size / k)
+    return base.scatter(size, ct, idx, values)
+
+  def _wire_bits(self, size, dtype):
+    k = resolve_k(self.k, self.ratio, size, self.name)
+    return _sparse_wire_bits(k, size, dtype, with_indices=not self.shared)
+
+  def _omega(self, size):
+    return size / resolve_k(self.k, self.ratio, size, self.name) - 1.0
+
+
+_MAX_WANGNI_STEPS = 100
+
+
+def wangni_probabilities(a: jax.Array, k: int) -> jax.Array:
+  """Inclusion probabilities p_j = min(1, λ|x_j|) with Σ_j p_j = min(k, nnz).
+
+  ``a`` is |x| in float32/float64. λ is found by the fixed-point iteration of
+  Wangni et al. (2018, Alg. 3): with C the set of clipped coordinates
+  (λ|x_j| ≥ 1), λ ← (k − |C|)/Σ_{j∉C}|x_j|. The iterates increase to the exact
+  root and C grows at every step that changes λ, so the loop ends after at
+  most k + 1 steps (in practice a handful).
+  """
+  k = jnp.asarray(k, a.dtype)
+
+  def lam_for(clipped):
+    rest = jnp.sum(jnp.where(clipped, 0, a))
+    m = jnp.sum(clipped).astype(a.dtype)
+    return jnp.where(rest > 0, (k - m) / jnp.where(rest > 0, rest, 1), jnp.inf)
+
+  def count(lam):
+    return jnp.sum(lam * a >= 1)
+
+  def cond(state):
+    lam, prev, it = state
+    # The cap only guards against float round-off cycling; it is never reached
+    # in exact arithmetic before the clipped set stops growing.
+    return (count(lam) != prev) & (it < _MAX_WANGNI_STEPS)
+
+  def body(state):
+    lam, _, it = state
+    return lam_for(lam * a >= 1), count(lam), it + 1
+
+  lam0 = lam_for(jnp.zeros(a.shape, bool))
+  init = (lam0, jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+  lam, _, _ = lax.while_loop(cond, body, init)
+  return jnp.where(a > 0, jnp.minimum(1, lam * a), 0)
+
+
+def systematic_sample(key, p: jax.Array, k: int):
+  """Exactly k slots with P(j is picked) = p_j, for Σ p_j ≤ k and p_j ≤ 1.
+
+  Systematic sampling: one uniform u; slot m picks the j whose interval
+  [P_{j-1}, P_j) of the cumulative sum P contains u + m. Returns the indices
+  and a mask of the slots that picked something (Σ p_j < k leaves the last
+  slots empty).
+  """
+  cs = jnp.cumsum(p)
+  total = cs[-1]
+  target = jnp.round(total)  # Σ p_j is an integer: min(k, nnz)
+  cs = cs * jnp.where(total > 0, target / jnp.where(total > 0, total, 1), 0)
+  points = jax.random.uniform(key, (), p.dtype) + jnp.arange(k, dtype=p.dtype)
+  valid = points < target
+  idx = jnp.minimum(jnp.searchsorted(cs, points, side="right"), p.shape[0] - 1)
+  return idx, valid
+
+
+@dataclasses.dataclass(frozen=True)
+class RandKWangni(base.Compressor):
+  """Gradient sparsification of Wangni et al. (2018): unbiased, U(d/k − 1).
+
+  Coordinate j is kept with probability p_j = min(1, λ|x_j|), Σ_j p_j = k, and
+  sent as x_j / p_j. Wangni et al. draw the coordinates independently, so the
+  number kept varies around k; here they are drawn by systematic sampling with
+  the same p_j, so exactly k are kept (a fixed-size payload) while E C(x) = x
+  and E‖C(x) − x‖² = Σ_j x_j²(1/p_j − 1) are unchanged. That variance is at
+  most (d/k − 1)‖x‖² (Cauchy–Schwarz on the unclipped coordinates).
+  """
+  k: int | None = None
+  ratio: float | None = None
+  name: str = "rand_k_wangni"
+
+  def _k(self, size):
+    return resolve_k(self.k, self.ratio, size, self.name)
+
+  def _encode(self, key, x):
+    k = self._k(x.size)
+    ct = base.compute_dtype(x.dtype)
+    a = jnp.abs(x.astype(ct))
+    p = wangni_probabilities(a, k)
+    idx, valid = systematic_sample(key, p, k)
+    # Non-finite input stays visible: 0 * inf and 0 * nan are nan.
+    poison = 0 * jnp.sum(a)
+    values = jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, p[idx], 1), 0) + poison
+    return {"values": values.astype(x.dtype),
+            "indices": jnp.where(valid, idx, 0).astype(wire.index_dtype(x.size))}
+
+  def _decode(self, payload, size, dtype, key):
+    return base.scatter(size, dtype, payload["indices"], payload["values"])
+
+  def _wire_bits(self, size, dtype):
+    return _sparse_wire_bits(self._k(size), size, dtype)
+
+  def _omega(self, size):
+    return size / self._k(size) - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NuRand1(RandKWangni):
+  """Non-uniform Rand-1: one j with probability |x_j|/‖x‖₁, sent as x_j/p_j.
+
+  C(x) = sign(x_j)‖x‖₁ e_j; E C(x) = x and E‖C(x)‖² = ‖x‖₁² ≤ d‖x‖², so C is in
+  U(d − 1). It is rand_k_wangni with k = 1 (no coordinate is clipped).
+  """
+  k: int | None = 1
+  ratio: float | None = None
+  name: str = "nu_rand_1"
+
+
+def top_k(k: int | None = None, *, ratio: float | None = None) -> TopK:
+  """Top-K sparsifier: keeps the k coordinates of largest |x_j| in each leaf.
+
+  Class B(k/d) (contractive, biased): ‖C(x) − x‖² ≤ (1 − k/d)‖x‖².
+  Wire: k values in x's dtype and k indices (uint8/uint16/int32).
+
+  Args:
+    k: coordinates kept per leaf, 1 <= k <= leaf size.
+    ratio: alternatively, the kept fraction in (0, 1]: k = max(1, round(ratio·d))
+      for each leaf of size d.
+
+  References:
+    Stich, Cordonnier, Jaggi. Sparsified SGD with memory, NeurIPS 2018.
+    https://arxiv.org/abs/1809.07599
+  """
+  k, ratio = _check_k_or_ratio(k, ratio, "top_k")
+  return TopK(k=k, ratio=ratio)
+
+
+def rand_k(k: int | None = None, *, ratio: float | None = None,
+           shared: bool = False) -> RandK:
+  """Rand-K: k coordinates drawn uniformly without replacement, scaled by d/k.
+
+  Class U(d/k − 1) (paper 002, eq. 2). Wire: k values and k indices, or the
+  values only when ``shared=True``: the positions then come from the key, which
+  every receiver must know (the communication layer passes a key common to all
+  workers), and ``decode`` needs that key.
+
+  Args:
+    k: coordinates kept per leaf, 1 <= k <= leaf size.
+    ratio: alternatively, the kept fraction in (0, 1].
+    shared: whether the random positions are shared with the receiver.
+  """
+  k, ratio = _check_k_or_ratio(k, ratio, "rand_k")
+  if not isinstance(shared, bool):
+    raise TypeError(f"rand_k: `shared` must be a bool; got {shared!r}")
+  return RandK(k=k, ratio=ratio, shared=shared)
+
+
+def rand_k_wangni(k: int | None = None, *, ratio: float | None = None) -> RandKWangni:
+  """Gradient sparsification (Wangni et al., 2018): unbiased, in U(d/k − 1).
+
+  Keeps coordinate j with probability p_j = min(1, λ|x_j|) where Σ_j p_j = k
+  (the communication budget) and sends x_j / p_j. Exactly k coordinates are
+  sent (systematic sampling, see :class:`RandKWangni`).
+
+  Args:
+    k: expected (and here exact) number of kept coordinates per leaf.
+    ratio: alternatively, the kept fraction in (0, 1].
+
+  References:
+    Wangni, Wang, Liu, Zhang. Gradient sparsification for
+    communication-efficient distributed optimization, NeurIPS 2018.
+    https://arxiv.org/abs/1710.09854
+  """
+  k, ratio = _check_k_or_ratio(k, ratio, "rand_k_wangni")
+  return RandKWangni(k=k, ratio=ratio)
+
+
+def nu_rand_1() -> NuRand1:
+  """Non-uniform Rand-1 (paper 000 §5.5): one coordinate j drawn with
+  probability |x_j|/‖x‖₁ and sent as sign(x_j)‖x‖₁. Class U(d − 1).
+  Wire: one value and one index per leaf.
+  """
+  return NuRand1()

@@ -1,0 +1,63 @@
+"""Wire formats: bit packing, low-bit codes and index types.
+
+Everything a compressor sends is built from these pieces, so the number of
+bits on the wire is the summed size of the arrays they return.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def index_dtype(size: int) -> np.dtype:
+  """The narrowest unsigned/int dtype that can address ``size`` coordinates."""
+  if size <= 2**8:
+    return np.dtype(np.uint8)
+  if size <= 2**16:
+    return np.dtype(np.uint16)
+  if size <= 2**31:
+    return np.dtype(np.int32)
+  return np.dtype(np.int64)
+
+
+def packed_bytes(num_bits: int) -> int:
+  """Bytes used by ``pack_bits`` for ``num_bits`` booleans."""
+  return (num_bits + 7) // 8
+
+
+def pack_bits(bits: jnp.ndarray) -> jnp.ndarray:
+  """Packs a 1-D boolean array 8 per byte (uint8, big-endian bit order)."""
+  return jnp.packbits(bits.astype(jnp.bool_))
+
+
+def unpack_bits(packed: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Inverse of :func:`pack_bits`: a boolean array of length ``size``."""
+  return jnp.unpackbits(packed, count=size).astype(jnp.bool_)
+
+
+def code_bits(levels: int) -> int:
+  """Bits needed for the codes 0..levels: ceil(log2(levels + 1))."""
+  return max(1, math.ceil(math.log2(levels + 1)))
+
+
+def pack_codes(codes: jnp.ndarray, bits: int) -> jnp.ndarray:
+  """Packs 1-D non-negative integer codes below 2**bits into bit planes.
+
+  Returns uint8 of shape (bits, ceil(size / 8)): plane b holds bit b of every
+  code, packed 8 codes per byte, so ``size`` codes take ``bits * size`` bits
+  plus at most 7 bits of padding per plane.
+  """
+  codes = codes.astype(jnp.uint32)
+  planes = [pack_bits((codes >> b) & 1) for b in range(bits)]
+  return jnp.stack(planes)
+
+
+def unpack_codes(planes: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Inverse of :func:`pack_codes`: uint32 codes of length ``size``."""
+  codes = jnp.zeros((size,), jnp.uint32)
+  for b in range(planes.shape[0]):
+    codes = codes | (unpack_bits(planes[b], size).astype(jnp.uint32) << b)
+  return codes
