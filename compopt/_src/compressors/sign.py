@@ -75,8 +75,8 @@ class BlockSign(base.Compressor):
   def _decode(self, payload, size, dtype, key):
     block, _ = self._blocks(size)
     scales = payload["scales"]
-    return _signs(payload["signs"], size, scales.dtype) * jnp.repeat(
-        scales, block, total_repeat_length=scales.shape[0] * block)[:size]
+    per_coord = jnp.broadcast_to(scales[:, None], (scales.shape[0], block)).reshape(-1)
+    return _signs(payload["signs"], size, scales.dtype) * per_coord[:size]
 
   def _wire_bits(self, size, dtype):
     _, nblocks = self._blocks(size)

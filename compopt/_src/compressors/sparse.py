@@ -150,18 +150,26 @@ def systematic_sample(key, p: jax.Array, k: int):
   """Exactly k slots with P(j is picked) = p_j, for Σ p_j ≤ k and p_j ≤ 1.
 
   Systematic sampling: one uniform u; slot m picks the j whose interval
-  [P_{j-1}, P_j) of the cumulative sum P contains u + m. Returns the indices
-  and a mask of the slots that picked something (Σ p_j < k leaves the last
-  slots empty).
+  [P_{j-1}, P_j) of the cumulative sum P contains u + m.
+
+  Returns the picked indices, a mask of the slots that picked something
+  (Σ p_j < k leaves the last slots empty), and the probability each pick was
+  really made with: the length P_j − P_{j-1} of its interval as computed in
+  floating point. XLA's cumsum does not add in order, so a p_j = 0 can get a
+  tiny interval; dividing by the interval length (not by p_j) keeps the
+  estimator unbiased for the intervals actually used.
   """
   cs = jnp.cumsum(p)
   total = cs[-1]
   target = jnp.round(total)  # Σ p_j is an integer: min(k, nnz)
   cs = cs * jnp.where(total > 0, target / jnp.where(total > 0, total, 1), 0)
+  cs = lax.cummax(cs)  # monotone, so that searchsorted is well defined
   points = jax.random.uniform(key, (), p.dtype) + jnp.arange(k, dtype=p.dtype)
   valid = points < target
   idx = jnp.minimum(jnp.searchsorted(cs, points, side="right"), p.shape[0] - 1)
-  return idx, valid
+  start = jnp.where(idx > 0, cs[jnp.maximum(idx - 1, 0)], 0)
+  prob = cs[idx] - start
+  return idx, valid & (prob > 0), prob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,10 +195,10 @@ class RandKWangni(base.Compressor):
     ct = base.compute_dtype(x.dtype)
     a = jnp.abs(x.astype(ct))
     p = wangni_probabilities(a, k)
-    idx, valid = systematic_sample(key, p, k)
+    idx, valid, prob = systematic_sample(key, p, k)
     # Non-finite input stays visible: 0 * inf and 0 * nan are nan.
     poison = 0 * jnp.sum(a)
-    values = jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, p[idx], 1), 0) + poison
+    values = jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, prob, 1), 0) + poison
     return {"values": values.astype(x.dtype),
             "indices": jnp.where(valid, idx, 0).astype(wire.index_dtype(x.size))}
 
