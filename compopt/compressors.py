@@ -19,6 +19,7 @@ from compopt._src.compressors.base import tree_delta
 from compopt._src.compressors.base import tree_omega
 from compopt._src.compressors.base import tree_wire_bits
 from compopt._src.compressors.combine import bernoulli
+from compopt._src.compressors.combine import fcc
 from compopt._src.compressors.combine import identity
 from compopt._src.compressors.combine import induced
 from compopt._src.compressors.combine import scaled
@@ -39,6 +40,7 @@ __all__ = (
     "Compressor",
     "bernoulli",
     "block_sign",
+    "fcc",
     "identity",
     "induced",
     "natural",

@@ -212,3 +212,92 @@ def scaled(c: base.Compressor, scale: float) -> Scaled:
   if not (math.isfinite(scale) and scale > 0):
     raise ValueError(f"scaled: `scale` must be a finite number > 0; got {scale}")
   return Scaled(inner=c, scale=float(scale))
+
+
+@dataclasses.dataclass(frozen=True)
+class FCC(base.Compressor):
+  """R rounds of compressed communication (paper 001, Alg. 1) as a compressor.
+
+  v⁰ = 0; for r < R: c^r = C(v* − v^r), v^{r+1} = v^r + c^r. The payload is the
+  R payloads of the c^r (round r uses the key ``fold_in(key, r)``) and the
+  decoded value is v^R = Σ_r c^r. For C ∈ B(δ),
+  E‖v^R − v*‖² ≤ (1 − δ)^R ‖v*‖² (Lemma 2), so FCC(C, R) ∈ B(1 − (1 − δ)^R).
+  """
+  inner: base.Compressor = None
+  rounds: int = 1
+  name: str = "fcc"
+
+  @property
+  def randomized(self):
+    return self.inner.randomized
+
+  @property
+  def decode_needs_key(self):
+    return self.inner.decode_needs_key
+
+  def _round_key(self, key, r):
+    return None if key is None else jax.random.fold_in(key, r)
+
+  def _encode(self, key, x):
+    ct = base.compute_dtype(x.dtype)
+    target = x.astype(ct)
+    v = jnp.zeros_like(target)  # v^0 = 0
+    payloads = []
+    for r in range(self.rounds):
+      kr = self._round_key(key, r)
+      residual = (target - v).astype(x.dtype)  # v* − v^r
+      payload = self.inner._encode(kr, residual)  # c^r = C(v* − v^r)
+      payloads.append(payload)
+      c_r = self.inner._decode(payload, x.size, x.dtype, kr).astype(x.dtype)
+      v = v + c_r.astype(ct)  # v^{r+1} = v^r + c^r
+    return {"rounds": payloads}
+
+  def _decode(self, payload, size, dtype, key):
+    ct = base.compute_dtype(dtype)
+    v = jnp.zeros((size,), ct)
+    for r, p in enumerate(payload["rounds"]):
+      kr = self._round_key(key, r)
+      v = v + self.inner._decode(p, size, dtype, kr).astype(dtype).astype(ct)
+    return v
+
+  def _wire_bits(self, size, dtype):
+    return self.rounds * self.inner._wire_bits(size, dtype)
+
+  def _expected_wire_bits(self, size, dtype):
+    return self.rounds * self.inner._expected_wire_bits(size, dtype)
+
+  def _delta(self, size):
+    delta = self.inner._delta(size)
+    if delta is None:
+      return None
+    return 1.0 - (1.0 - delta) ** self.rounds
+
+  def _omega(self, size):
+    # R = 1 is the compressor itself; more rounds of an unbiased C stay
+    # unbiased (each round is unbiased given the past) with ω^R.
+    omega = self.inner._omega(size)
+    if omega is None:
+      return None
+    return omega ** self.rounds
+
+
+def fcc(c: base.Compressor, rounds: int) -> FCC:
+  """Fast compressed communication (paper 001, Alg. 1): R rounds of C.
+
+  Round r compresses what is still missing, c^r = C(v* − v^r), and the
+  receiver adds the rounds up: v^R = Σ_r c^r. For C ∈ B(δ) the error falls
+  geometrically, E‖v^R − v*‖² ≤ (1 − δ)^R ‖v*‖² (Lemma 2): class
+  B(1 − (1 − δ)^R). Wire: R payloads of C.
+
+  Args:
+    c: the compressor used in every round.
+    rounds: R >= 1.
+
+  References:
+    Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal algorithms in
+    distributed learning with communication compression, NeurIPS 2022.
+    https://arxiv.org/abs/2206.03665
+  """
+  c = _check_compressor(c, "c", "fcc")
+  rounds = base.check_positive_int(rounds, "rounds", "fcc")
+  return FCC(inner=c, rounds=rounds)
