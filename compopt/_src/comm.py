@@ -1,0 +1,380 @@
+"""The communication layer: every exchange between workers goes through here.
+
+Workers are the slots of a named axis (``jax.vmap(..., axis_name=...)``,
+``jax.pmap`` or ``jax.shard_map``); ``axis_name=None`` means one worker and no
+collective. Methods never call a collective themselves: they call
+:func:`compressed_mean`, which
+
+* encodes each worker's tree with the compressor (per-worker randomness:
+  ``fold_in(key, lax.axis_index(axis_name))``; compressors whose randomness is
+  shared with the receiver, ``decode_needs_key``, use the unfolded key);
+* picks the collective that fits the compressor:
+
+  - ``identity``: a dense all-reduce (psum, then divide by n);
+  - ``rand_k(shared=True)``: an all-reduce of the values-only payloads (every
+    worker kept the same positions), decoded once;
+  - everything else: the whole payload tree of the step is bit-cast to bytes
+    and packed into ONE uint8 buffer, all-gathered once, split, bit-cast back,
+    and every worker's payload is decoded (vmap over the gathered axis) and
+    averaged. The bytes on the wire are exactly the payload's bytes;
+
+* applies partial participation (paper 000 §4.2): the sampled set S is drawn
+  from a key common to all workers, non-members send zeros, and the aggregate
+  is Σ_{i∈S} Δ_i/(n p_i);
+* returns the bits each worker sent and received, which methods add to a
+  :class:`CommBits` counter in their state (:func:`comm_bits` reads them out).
+
+Bit-accounting convention (per worker, per exchange):
+
+* all-gather: uplink = the worker's buffer bits if it is in S, else 0;
+  downlink = the buffer bits of the other members of S.
+* all-reduce (identity, shared rand_k): a ring all-reduce over the n workers
+  of the axis moves ⌊2(n − 1)·D/n⌋ bits each way for a D-bit buffer. Every
+  worker of the axis takes part in the ring (non-members of S contribute
+  zeros), so this is counted for every worker.
+* ``axis_name=None``: nothing is sent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from compopt._src import sampling as sampling_lib
+from compopt._src.compressors import base as cbase
+from compopt._src.compressors import combine as ccombine
+from compopt._src.compressors import sparse as csparse
+
+# --------------------------------------------------------------------- counters
+
+_MASK32 = (1 << 32) - 1
+
+
+class CommBits(NamedTuple):
+  """Exact 64-bit counters of the bits one worker sent and received.
+
+  Each field is a uint32[2] array ``[hi, lo]`` (JAX runs without 64-bit types
+  by default), read out as Python ints by :func:`comm_bits`.
+  """
+  uplink: jax.Array
+  downlink: jax.Array
+
+
+def zero_bits() -> CommBits:
+  return CommBits(jnp.zeros((2,), jnp.uint32), jnp.zeros((2,), jnp.uint32))
+
+
+def const64(value: int) -> jax.Array:
+  """A Python int in [0, 2**64) as a uint32[2] ``[hi, lo]`` pair."""
+  value = int(value)
+  if not 0 <= value < 2**64:
+    raise OverflowError(f"bit count {value} does not fit in 64 bits")
+  return jnp.array([value >> 32, value & _MASK32], jnp.uint32)
+
+
+def add64(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(a + b) mod 2**64 on ``[hi, lo]`` uint32 pairs, with the carry."""
+  lo = a[1] + b[1]
+  carry = (lo < a[1]).astype(jnp.uint32)
+  return jnp.stack([a[0] + b[0] + carry, lo])
+
+
+def mul64(count: jax.Array, value: int) -> jax.Array:
+  """count · value as a ``[hi, lo]`` pair, exactly, for a traced integer
+  0 <= count < 2**16 and a static Python int value < 2**64."""
+  c = jnp.asarray(count).astype(jnp.uint32)
+  total = jnp.zeros((2,), jnp.uint32)
+  for limb in range(4):  # value = Σ_l v_l 2^(16 l), v_l < 2^16, c·v_l < 2^32
+    v = (int(value) >> (16 * limb)) & 0xFFFF
+    if v == 0:
+      continue
+    p = c * jnp.uint32(v)
+    shift = 16 * limb
+    if shift == 0:
+      part = jnp.stack([jnp.uint32(0), p])
+    elif shift == 16:
+      part = jnp.stack([p >> 16, p << 16])
+    elif shift == 32:
+      part = jnp.stack([p, jnp.uint32(0)])
+    else:
+      part = jnp.stack([p << 16, jnp.uint32(0)])
+    total = add64(total, part)
+  return total
+
+
+def add_bits(bits: CommBits, sent: CommBits) -> CommBits:
+  return CommBits(add64(bits.uplink, sent.uplink), add64(bits.downlink, sent.downlink))
+
+
+def _to_int(pair) -> Any:
+  pair = np.asarray(pair).astype(np.uint64)
+  values = (pair[..., 0] << np.uint64(32)) | pair[..., 1]
+  if values.ndim == 0:
+    return int(values)
+  return [int(v) for v in values.reshape(-1)]
+
+
+class Bits(NamedTuple):
+  """Bits sent (uplink) and received (downlink) by one worker, as Python ints
+  (lists of ints, one per worker, for states stacked on a worker axis)."""
+  uplink: Any
+  downlink: Any
+
+
+def comm_bits(state) -> Bits:
+  """Total bits sent and received, read from anywhere in an optax state.
+
+  Finds every :class:`CommBits` counter in ``state`` (also inside
+  ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``) and
+  adds them up exactly, as Python ints.
+
+  Args:
+    state: an optimizer state of one worker, or states stacked on a leading
+      worker axis (as used with ``jax.vmap``, ``jax.pmap`` or ``shard_map``).
+
+  Returns:
+    ``Bits(uplink, downlink)``: ints for one worker; lists of ints (one per
+    worker) for stacked states.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.dcsgd(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init({"w": jnp.zeros(4)})
+    >>> compopt.comm_bits(state)
+    Bits(uplink=0, downlink=0)
+  """
+  counters = [leaf for leaf in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, CommBits)) if isinstance(leaf, CommBits)]
+  if not counters:
+    raise ValueError(
+        "comm_bits: found no CommBits counter in `state`; pass the state of a "
+        "compopt method (or an optax state that contains one)")
+  up = [_to_int(c.uplink) for c in counters]
+  down = [_to_int(c.downlink) for c in counters]
+  if isinstance(up[0], list):
+    return Bits([sum(v) for v in zip(*up)], [sum(v) for v in zip(*down)])
+  return Bits(sum(up), sum(down))
+
+
+# ------------------------------------------------------------------------ axis
+
+
+def axis_info(axis_name, owner: str):
+  """(n, i): the number of workers (static) and this worker's index."""
+  if axis_name is None:
+    return 1, jnp.zeros((), jnp.int32)
+  try:
+    n = lax.axis_size(axis_name)
+    i = lax.axis_index(axis_name)
+  except NameError as e:
+    raise NameError(
+        f"{owner}: axis_name={axis_name!r} is not bound. Call the update inside "
+        f"jax.vmap(..., axis_name={axis_name!r}), jax.pmap(..., "
+        f"axis_name={axis_name!r}) or jax.shard_map over a mesh with an axis "
+        f"{axis_name!r} (see compopt.parallel), or pass axis_name=None for a "
+        "single worker") from e
+  if n >= 2**16:
+    raise ValueError(f"{owner}: at most 65535 workers are supported; got {n}")
+  return int(n), i
+
+
+def worker_key(key, axis_name):
+  """Per-worker stream: fold_in(key, axis_index)."""
+  if axis_name is None:
+    return key
+  return jax.random.fold_in(key, lax.axis_index(axis_name))
+
+
+# ---------------------------------------------------------------- byte packing
+
+
+def _to_bytes(x: jax.Array) -> jax.Array:
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  if np.dtype(x.dtype).itemsize == 1:
+    return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
+  return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
+
+
+def _from_bytes(buf: jax.Array, shape, dtype) -> jax.Array:
+  """Inverse of :func:`_to_bytes` on the last axis of ``buf`` (leading axes kept)."""
+  dtype = np.dtype(dtype)
+  lead = buf.shape[:-1]
+  if dtype == np.bool_:
+    return buf.reshape(lead + tuple(shape)) != 0
+  if dtype.itemsize == 1:
+    return lax.bitcast_convert_type(buf, dtype).reshape(lead + tuple(shape))
+  b = buf.reshape(lead + tuple(shape) + (dtype.itemsize,))
+  return lax.bitcast_convert_type(b, dtype)
+
+
+def pack(tree) -> tuple[jax.Array, Any]:
+  """All arrays of ``tree`` as one uint8 buffer, and what :func:`unpack` needs."""
+  leaves, treedef = jax.tree.flatten(tree)
+  specs = [(tuple(l.shape), np.dtype(l.dtype)) for l in leaves]
+  if not leaves:
+    return jnp.zeros((0,), jnp.uint8), (treedef, specs)
+  return jnp.concatenate([_to_bytes(l) for l in leaves]), (treedef, specs)
+
+
+def unpack(buf: jax.Array, spec) -> Any:
+  """Inverse of :func:`pack`; ``buf`` may have leading axes (e.g. gathered)."""
+  treedef, specs = spec
+  out, offset = [], 0
+  for shape, dtype in specs:
+    nbytes = math.prod(shape) * dtype.itemsize
+    out.append(_from_bytes(buf[..., offset:offset + nbytes], shape, dtype))
+    offset += nbytes
+  return treedef.unflatten(out)
+
+
+def _psum_packed(arrays: list, axis_name) -> list:
+  """psum of a list of arrays with one all-reduce per dtype (usually one)."""
+  groups: dict = {}
+  for idx, a in enumerate(arrays):
+    groups.setdefault(np.dtype(a.dtype), []).append(idx)
+  out = [None] * len(arrays)
+  for _, idxs in groups.items():
+    flat = jnp.concatenate([arrays[i].reshape(-1) for i in idxs])
+    flat = lax.psum(flat, axis_name)
+    offset = 0
+    for i in idxs:
+      size = arrays[i].size
+      out[i] = flat[offset:offset + size].reshape(arrays[i].shape)
+      offset += size
+  return out
+
+
+def pmean_packed(tree, axis_name):
+  """Mean over the axis of a tree of (small) arrays, in one all-reduce per
+  dtype. For predicates and scalars a method must agree on."""
+  if axis_name is None:
+    return tree
+  leaves, treedef = jax.tree.flatten(tree)
+  n = lax.axis_size(axis_name)
+  summed = _psum_packed([jnp.asarray(l) for l in leaves], axis_name)
+  return treedef.unflatten([s / n for s in summed])
+
+
+def _ring_bits(n: int, dense_bits: int) -> int:
+  return (2 * (n - 1) * dense_bits) // n
+
+
+# -------------------------------------------------------------- the exchange
+
+
+def _is_identity(c) -> bool:
+  return isinstance(c, ccombine.Identity)
+
+
+def _is_shared_rand_k(c) -> bool:
+  return isinstance(c, csparse.RandK) and c.shared
+
+
+def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
+                    sampling: sampling_lib.Sampling | None = None,
+                    owner: str = "compressed_mean", return_own: bool = False):
+  """Σ_{i∈S} C(x_i)/(n p_i) over the workers of ``axis_name`` (mean_i C(x_i)
+  without sampling), and the bits this worker sent and received.
+
+  Args:
+    compressor: a compopt compressor.
+    tree: this worker's pytree x_i (floating arrays).
+    key: the step key, identical on every worker (uint32[2]).
+    axis_name: the worker axis, or None for one worker.
+    sampling: optional partial participation (``compopt.sampling``).
+    owner: the name used in error messages.
+    return_own: also return this worker's own dense C(x_i) (error feedback
+      needs it), decoded from the payload it sent.
+
+  Returns:
+    ``(aggregate, sent)``, or ``(aggregate, own, sent)`` with ``return_own``:
+    the aggregate, shaped and typed like ``tree`` (reduced in float32), and a
+    :class:`CommBits` increment.
+  """
+  n, i = axis_info(axis_name, owner)
+  compress_key, sample_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(tree)
+  like = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
+
+  # Partial participation: S from the shared key, so all workers agree.
+  if sampling is not None:
+    mask, probs = sampling.draw(sample_key, n, owner)
+    member = mask[i]
+    weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(jnp.float32)
+    m_members = jnp.sum(mask.astype(jnp.int32))
+  else:
+    member, mask = None, None
+    weights = jnp.full((n,), 1.0 / n, jnp.float32)
+
+  def cast_back(out):
+    return treedef.unflatten([o.astype(l.dtype) for o, l in zip(out, leaves)])
+
+  def finish(out, own_leaves, sent):
+    if return_own:
+      return cast_back(out), cast_back(own_leaves), sent
+    return cast_back(out), sent
+
+  # ---------------------------------------------------------- dense all-reduce
+  if _is_identity(compressor) or _is_shared_rand_k(compressor):
+    if _is_identity(compressor):
+      payload = [l for l in leaves]
+      own = leaves
+    else:  # values only: every worker drew the same positions from the shared key
+      payload = compressor.encode(compress_key, leaves)
+      own = compressor.decode(payload, like, key=compress_key)
+      payload = [p["values"] if p else jnp.zeros((0,), l.dtype)
+                 for p, l in zip(payload, leaves)]
+    if sampling is not None:  # members send x_i/p_i, others zeros
+      scale = weights[i] * n
+      payload = [jnp.where(member, (p.astype(jnp.float32) * scale), 0).astype(p.dtype)
+                 for p in payload]
+    dense_bits = sum(p.size * np.dtype(p.dtype).itemsize * 8 for p in payload)
+    if axis_name is None:
+      summed, sent = payload, zero_bits()
+    else:
+      summed = _psum_packed(payload, axis_name)
+      ring = const64(_ring_bits(n, dense_bits))
+      sent = CommBits(ring, ring)
+    if _is_identity(compressor):
+      out = [s.astype(jnp.float32) / n for s in summed]
+    else:
+      full = [{"values": s} if l.size else {} for s, l in zip(summed, leaves)]
+      dec = compressor.decode(full, like, key=compress_key)
+      out = [d.astype(jnp.float32) / n for d in dec]
+    return finish(out, own, sent)
+
+  # ------------------------------------- one packed all-gather of the payload
+  shared = compressor.decode_needs_key
+  enc_key = compress_key if shared else worker_key(compress_key, axis_name)
+  payload = compressor.encode(enc_key, leaves)
+  own = compressor.decode(payload, like, key=enc_key) if return_own else None
+  buf, spec = pack(payload)
+  nbits = int(buf.size) * 8
+  if sampling is not None:
+    buf = jnp.where(member, buf, jnp.zeros_like(buf))
+  if axis_name is None:
+    gathered = buf[None]
+    sent = zero_bits()
+  else:
+    gathered = lax.all_gather(buf, axis_name)  # (n, B)
+    if sampling is None:
+      sent = CommBits(const64(nbits), const64((n - 1) * nbits))
+    else:
+      member_i = member.astype(jnp.int32)
+      sent = CommBits(mul64(member_i, nbits), mul64(m_members - member_i, nbits))
+  payloads = unpack(gathered, spec)
+  dec_key = compress_key if shared else None
+  decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
+  out = []
+  for d in decoded:
+    d = d.astype(jnp.float32)
+    w = weights.reshape((n,) + (1,) * (d.ndim - 1))
+    # where, not a product: a non-member's zero payload may decode to NaN.
+    out.append(jnp.sum(jnp.where(w > 0, d * w, 0), axis=0))
+  return finish(out, own, sent)

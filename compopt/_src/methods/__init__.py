@@ -1,0 +1,1 @@
+"""Optimizers over a worker axis; the public names live in ``compopt``."""

@@ -1,0 +1,62 @@
+"""Pieces shared by the method modules: keys, argument checks, tree checks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compopt._src.compressors import base as cbase
+
+
+def init_key(key, owner: str) -> jax.Array:
+  """The ``key`` argument (an int, a jax.random.key or a uint32[2] PRNGKey)
+  as a raw uint32[2] key, the form every optax wrapper can carry and select."""
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    return jax.random.PRNGKey(int(key))
+  dtype = getattr(key, "dtype", None)
+  shape = getattr(key, "shape", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape == ():
+      return jax.random.key_data(key).astype(jnp.uint32)
+  elif dtype is not None and shape == (2,) and np.dtype(dtype) == np.uint32:
+    return jnp.asarray(key)
+  elif dtype is not None and shape == () and (
+      jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    # An int seed turned into an array (e.g. by optax.inject_hyperparams).
+    return jax.random.PRNGKey(jnp.asarray(key).astype(jnp.int32))
+  raise TypeError(
+      f"{owner}: `key` must be an int seed, a scalar jax.random.key(...) or a "
+      f"uint32[2] jax.random.PRNGKey(...); got {key!r}")
+
+
+def check_compressor(compressor, owner: str, name: str = "compressor"):
+  if not isinstance(compressor, cbase.Compressor):
+    raise TypeError(
+        f"{owner}: `{name}` must be a compopt compressor (e.g. "
+        f"compopt.compressors.top_k(ratio=0.01)); got {compressor!r}")
+  return compressor
+
+
+def check_axis_name(axis_name, owner: str):
+  if axis_name is not None and not isinstance(axis_name, (str, tuple)):
+    raise TypeError(f"{owner}: `axis_name` must be a str (or None); got {axis_name!r}")
+  return axis_name
+
+
+def check_same_tree(updates, buffer, owner: str, field: str):
+  """A clear error when ``updates`` does not match a params-shaped buffer."""
+  t_u, t_b = jax.tree.structure(updates), jax.tree.structure(buffer)
+  if t_u != t_b:
+    raise ValueError(
+        f"{owner}: the updates do not match the state: `state.{field}` was "
+        f"initialised for a tree with structure {t_b}, but the updates have "
+        f"structure {t_u}. Call init with the same params tree you update.")
+  for path_u, (u, b) in zip(jax.tree_util.tree_leaves_with_path(updates),
+                            zip(jax.tree.leaves(updates), jax.tree.leaves(buffer))):
+    if tuple(u.shape) != tuple(b.shape):
+      raise ValueError(
+          f"{owner}: the updates do not match the state: leaf "
+          f"{jax.tree_util.keystr(path_u[0])} has shape {tuple(u.shape)} but "
+          f"`state.{field}` holds shape {tuple(b.shape)} there (a state stacked "
+          "per worker must be mapped over its leading axis first)")

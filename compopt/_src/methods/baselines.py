@@ -1,0 +1,145 @@
+"""Sign-based baselines: signSGD with majority vote, Signum, scaled signSGD."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from compopt._src.compressors import sign as csign
+from compopt._src.methods import dcsgd as dcsgd_lib
+
+
+def majority_vote() -> optax.GradientTransformationExtraArgs:
+  r"""sign(u): the server's vote on an aggregate of signs.
+
+  Applied to mean_i sign(g_i) it gives sign(Σ_i sign(g_i)), signSGD's
+  majority vote (a tie gives 0). Stateless; keeps the update's dtype.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    return jax.tree.map(jnp.sign, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def signsgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""signSGD with majority vote.
+
+  .. math::
+
+    x \leftarrow x - \gamma\,\mathrm{sign}\Big(\sum_{i=1}^n \mathrm{sign}(g_i)\Big).
+
+  Each worker sends one bit per coordinate (zeros are sent as +1) and a
+  scale that is 1 (0 for an all-zero leaf). Biased; it can fail to converge
+  (paper 004 §3); see :func:`ef_signsgd`.
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    axis_name: the worker axis (``None``: one worker).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.signsgd(0.1)
+    >>> state = opt.init(jnp.zeros(2))
+    >>> opt.update(jnp.array([0.5, -3.]), state)[0]
+    Array([-0.1,  0.1], dtype=float32)
+
+  References:
+    Bernstein, Wang, Azizzadenesheli, Anandkumar. signSGD: compressed
+    optimisation for non-convex problems, ICML 2018.
+    https://arxiv.org/abs/1802.04434
+  """
+  return optax.chain(
+      dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),
+      majority_vote(),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def signum(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.9,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Signum: signSGD on each worker's momentum, with majority vote.
+
+  .. math::
+
+    m_i \leftarrow \beta m_i + (1-\beta) g_i, \quad
+    x \leftarrow x - \gamma\,\mathrm{sign}\Big(\sum_i \mathrm{sign}(m_i)\Big).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    momentum: β.
+    axis_name: the worker axis (``None``: one worker).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.signum(0.1)
+    >>> state = opt.init(jnp.zeros(2))
+    >>> opt.update(jnp.array([0.5, -3.]), state)[0]
+    Array([-0.1,  0.1], dtype=float32)
+
+  References:
+    Bernstein, Wang, Azizzadenesheli, Anandkumar. signSGD: compressed
+    optimisation for non-convex problems, ICML 2018.
+    https://arxiv.org/abs/1802.04434
+  """
+  return optax.chain(
+      optax.ema(momentum, debias=False),  # m_i on the worker
+      dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),
+      majority_vote(),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def scaled_signsgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    axis_name: str | None = None,
+    momentum: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scaled signSGD (paper 004 §6): DCSGD with the layer-wise scaled sign.
+
+  .. math::
+
+    x \leftarrow x - \gamma\,\frac1n\sum_i \frac{\|g_i\|_1}{d}\,\mathrm{sign}(g_i).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    axis_name: the worker axis (``None``: one worker).
+    momentum: optional momentum on the aggregate.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.scaled_signsgd(0.1)
+    >>> state = opt.init(jnp.zeros(2))
+    >>> opt.update(jnp.array([1., -3.]), state)[0]
+    Array([-0.2,  0.2], dtype=float32)
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
+  """
+  return dcsgd_lib.dcsgd(learning_rate, compressor=csign.scaled_sign(),
+                         axis_name=axis_name, momentum=momentum)

@@ -1,0 +1,432 @@
+"""The error-feedback family: EF-SGD / EF-SignSGD, EF21-SGD, DoubleSqueeze."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from compopt._src import comm
+from compopt._src.compressors import sign as csign
+from compopt._src.methods import _common
+
+
+def _zeros(params, dtype):
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+
+
+class ErrorFeedbackState(NamedTuple):
+  """State of :func:`error_feedback`."""
+  count: jax.Array  # int32
+  key: jax.Array  # uint32[2], split every step
+  error: optax.Updates  # e_i, this worker's residual, in error_dtype
+  bits: comm.CommBits
+
+
+def error_feedback(
+    compressor,
+    *,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    error_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Error feedback on the workers: sends C(p_i), keeps p_i − C(p_i).
+
+  Its input is a step already scaled by the learning rate, in optax's sign
+  convention, u_i = −γ g_i (place it after ``optax.scale_by_learning_rate``):
+
+  .. math::
+
+    p_i = \gamma g_i + e_i, \quad \Delta_i = \mathcal{C}(p_i), \quad
+    e_i \leftarrow p_i - \Delta_i, \quad
+    \text{output } -\frac{1}{n}\sum_i \Delta_i.
+
+  p_i is sent in the update's dtype; what the cast rounds away stays in e_i
+  (kept in ``error_dtype``), so nothing is lost even for bfloat16 updates.
+
+  Args:
+    compressor: C (any compopt compressor; the papers use contractive ones).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of e_i (float32 by default, also for bf16 params);
+      ``None`` uses the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019 (Alg. 2).
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "error_feedback"
+  _common.check_compressor(compressor, owner)
+  _common.check_axis_name(axis_name, owner)
+
+  def init_fn(params):
+    return ErrorFeedbackState(
+        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
+        error=_zeros(params, error_dtype), bits=comm.zero_bits())
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _common.check_same_tree(updates, state.error, owner, "error")
+    next_key, step_key = jax.random.split(state.key)
+    # p_t = γ g_t + e_t   (004 Alg. 2 line 5; updates = −γ g_t)
+    p = jax.tree.map(lambda u, e: e - u.astype(e.dtype), updates, state.error)
+    p_wire = jax.tree.map(lambda q, u: q.astype(u.dtype), p, updates)
+    # Δ_t = C(p_t), sent; the mean over workers comes back.
+    mean_delta, delta, sent = comm.compressed_mean(
+        compressor, p_wire, step_key, axis_name, owner=owner, return_own=True)
+    # e_{t+1} = p_t − Δ_t   (line 8)
+    error = jax.tree.map(lambda q, d: q - d.astype(q.dtype), p, delta)
+    # x_{t+1} = x_t − mean_i Δ_{t,i}   (line 7)
+    new_updates = jax.tree.map(lambda d, u: (-d).astype(u.dtype), mean_delta, updates)
+    return new_updates, ErrorFeedbackState(
+        count=numerics.safe_increment(state.count), key=next_key, error=error,
+        bits=comm.add_bits(state.bits, sent))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ef_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    error_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF-SGD / MEM-SGD: compressed SGD with error feedback.
+
+  Paper 000 Alg. 2 and paper 004 Alg. 2, on n workers:
+
+  .. math::
+
+    p_i = \gamma_t g_i + e_i, \quad \Delta_i = \mathcal{C}(p_i), \quad
+    e_i \leftarrow p_i - \Delta_i, \quad
+    x \leftarrow x - \frac{1}{n}\sum_i \Delta_i.
+
+  The step size is inside the compressed vector, so under a schedule this is
+  not "compress g, then scale". Invariant (004 Thm IV):
+  x_t − mean_i e_{t,i} = x_0 − Σ_s γ_s mean_i g_{s,i}.
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    compressor: C, e.g. ``compopt.compressors.top_k(ratio=0.01)``.
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of the error buffer e_i (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.ef_sgd(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init(jnp.zeros(3))
+    >>> opt.update(jnp.array([1., -3., 2.]), state)[0]
+    Array([-0. ,  0.3, -0. ], dtype=float32)
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
+
+    Stich, Cordonnier, Jaggi. Sparsified SGD with memory, NeurIPS 2018.
+    https://arxiv.org/abs/1809.07599
+  """
+  return optax.chain(
+      optax.scale_by_learning_rate(learning_rate),
+      error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype),
+  )
+
+
+def ef_signsgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    error_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF-SignSGD (paper 004 Alg. 1): :func:`ef_sgd` with the scaled sign.
+
+  .. math::
+
+    p_i = \gamma g_i + e_i, \quad \Delta_i = \frac{\|p_i\|_1}{d}\,\mathrm{sign}(p_i),
+    \quad e_i \leftarrow p_i - \Delta_i, \quad x \leftarrow x - \frac1n\sum_i\Delta_i.
+
+  Layer-wise (d = the size of each leaf), as in the paper's experiments: d
+  bits and one 32-bit scale per leaf on the wire.
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of the error buffer (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.ef_signsgd(0.1)
+    >>> state = opt.init(jnp.zeros(2))
+    >>> opt.update(jnp.array([1., -3.]), state)[0]
+    Array([-0.2,  0.2], dtype=float32)
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
+  """
+  return ef_sgd(learning_rate, compressor=csign.scaled_sign(), axis_name=axis_name,
+                key=key, error_dtype=error_dtype)
+
+
+class EF21State(NamedTuple):
+  """State of :func:`ef21_estimator`."""
+  count: jax.Array
+  key: jax.Array
+  local: optax.Updates  # g_i, this worker's gradient estimate
+  shared: optax.Updates  # g = mean_i g_i, identical on every worker
+  bits: comm.CommBits
+
+
+def ef21_estimator(
+    compressor,
+    *,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    state_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF21's gradient estimator: outputs g = mean_i g_i, kept by compressed
+  differences.
+
+  .. math::
+
+    c_i = \mathcal{C}(\nabla f_i(x) - g_i), \quad g_i \leftarrow g_i + c_i,
+    \quad g \leftarrow g + \frac1n\sum_i c_i.
+
+  With g_i = g = 0 at start, the first step sends C(∇f_i(x⁰)), the paper's
+  initialisation g_i⁰ = C(∇f_i(x⁰)).
+
+  Args:
+    compressor: C (contractive in the paper).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    state_dtype: dtype of g_i and g (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Richtárik, Sokolov, Fatkhullin. EF21: a new, simpler, theoretically better,
+    and practically faster error feedback, NeurIPS 2021.
+    https://arxiv.org/abs/2106.05203
+  """
+  owner = "ef21"
+  _common.check_compressor(compressor, owner)
+  _common.check_axis_name(axis_name, owner)
+
+  def init_fn(params):
+    return EF21State(
+        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
+        local=_zeros(params, state_dtype), shared=_zeros(params, state_dtype),
+        bits=comm.zero_bits())
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _common.check_same_tree(updates, state.local, owner, "local")
+    next_key, step_key = jax.random.split(state.key)
+    # c_i = C(∇f_i(x^{t+1}) − g_i^t)
+    diff = jax.tree.map(lambda g, gi: (g.astype(gi.dtype) - gi).astype(g.dtype),
+                        updates, state.local)
+    mean_c, c, sent = comm.compressed_mean(
+        compressor, diff, step_key, axis_name, owner=owner, return_own=True)
+    # g_i^{t+1} = g_i^t + c_i;  g^{t+1} = g^t + mean_i c_i
+    local = jax.tree.map(lambda gi, ci: gi + ci.astype(gi.dtype), state.local, c)
+    shared = jax.tree.map(lambda g, mc: g + mc.astype(g.dtype), state.shared, mean_c)
+    out = jax.tree.map(lambda g, u: g.astype(u.dtype), shared, updates)
+    return out, EF21State(
+        count=numerics.safe_increment(state.count), key=next_key, local=local,
+        shared=shared, bits=comm.add_bits(state.bits, sent))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ef21(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    state_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF21-SGD: x ← x − γ g with EF21's compressed gradient estimator.
+
+  .. math::
+
+    x^{t+1} = x^t - \gamma g^t, \quad
+    c_i = \mathcal{C}(\nabla f_i(x^{t+1}) - g_i^t), \quad
+    g_i^{t+1} = g_i^t + c_i, \quad g^{t+1} = g^t + \tfrac1n\textstyle\sum_i c_i.
+
+  Here one optax step takes the gradient at x^t, refreshes g and then steps
+  with the refreshed g (the same sequence, indices shifted by one).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    compressor: C, e.g. ``compopt.compressors.top_k(ratio=0.01)``.
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    state_dtype: dtype of g_i and g (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.ef21(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init(jnp.zeros(3))
+    >>> opt.update(jnp.array([1., -3., 2.]), state)[0]
+    Array([-0. ,  0.3, -0. ], dtype=float32)
+
+  References:
+    Richtárik, Sokolov, Fatkhullin. EF21: a new, simpler, theoretically better,
+    and practically faster error feedback, NeurIPS 2021.
+    https://arxiv.org/abs/2106.05203
+  """
+  return optax.chain(
+      ef21_estimator(compressor, axis_name=axis_name, key=key, state_dtype=state_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+class DoubleSqueezeState(NamedTuple):
+  """State of :func:`double_squeeze`'s estimator."""
+  count: jax.Array
+  key: jax.Array
+  worker_error: optax.Updates  # δ_i, this worker's residual
+  server_error: optax.Updates  # δ, the server's residual, replicated on all workers
+  bits: comm.CommBits
+
+
+def double_squeeze_estimator(
+    compressor,
+    *,
+    server_compressor=None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    error_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""DoubleSqueeze's estimator: error feedback on the workers and the server.
+
+  .. math::
+
+    v_i = \mathcal{C}(g_i + \delta_i),\ \delta_i \leftarrow g_i + \delta_i - v_i;
+    \quad v = \tfrac1n\textstyle\sum_i v_i + \delta,\
+    \text{output } \mathcal{C}_s(v),\ \delta \leftarrow v - \mathcal{C}_s(v).
+
+  There is no separate server: every worker computes the server's step from
+  the same aggregate with the same (shared) key, so δ and C_s(v) are
+  identical everywhere. The bit counters record what the all-gather moves;
+  the broadcast of C_s(v) that a parameter server would send is not counted.
+
+  Args:
+    compressor: the workers' C.
+    server_compressor: the server's C_s (default: ``compressor``).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of δ_i and δ (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Tang, Yu, Lian, Zhang, Liu. DoubleSqueeze: parallel stochastic gradient
+    descent with double-pass error-compensated compression, ICML 2019.
+    https://arxiv.org/abs/1905.05957
+  """
+  owner = "double_squeeze"
+  _common.check_compressor(compressor, owner)
+  server = _common.check_compressor(
+      compressor if server_compressor is None else server_compressor, owner,
+      "server_compressor")
+  _common.check_axis_name(axis_name, owner)
+
+  def init_fn(params):
+    return DoubleSqueezeState(
+        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
+        worker_error=_zeros(params, error_dtype),
+        server_error=_zeros(params, error_dtype), bits=comm.zero_bits())
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _common.check_same_tree(updates, state.worker_error, owner, "worker_error")
+    next_key, step_key, server_key = jax.random.split(state.key, 3)
+    # worker: g_i + δ_i, compressed and sent
+    p = jax.tree.map(lambda g, e: g.astype(e.dtype) + e, updates, state.worker_error)
+    p_wire = jax.tree.map(lambda q, g: q.astype(g.dtype), p, updates)
+    mean_v, v_i, sent = comm.compressed_mean(
+        compressor, p_wire, step_key, axis_name, owner=owner, return_own=True)
+    worker_error = jax.tree.map(lambda q, v: q - v.astype(q.dtype), p, v_i)
+    # server (replicated): v = mean_i v_i + δ;  C_s(v) with the shared key
+    v = jax.tree.map(lambda m, e: m.astype(e.dtype) + e, mean_v, state.server_error)
+    v_wire = jax.tree.map(lambda q, g: q.astype(g.dtype), v, updates)
+    out = server(server_key if server.randomized else None, v_wire)
+    server_error = jax.tree.map(lambda q, o: q - o.astype(q.dtype), v, out)
+    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
+    return out, DoubleSqueezeState(
+        count=numerics.safe_increment(state.count), key=next_key,
+        worker_error=worker_error, server_error=server_error,
+        bits=comm.add_bits(state.bits, sent))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def double_squeeze(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    server_compressor=None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    error_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""DoubleSqueeze: compressed both ways, error feedback on both sides.
+
+  .. math::
+
+    v_i = \mathcal{C}(g_i + \delta_i),\ \delta_i \leftarrow g_i + \delta_i - v_i;
+    \quad v = \tfrac1n\textstyle\sum_i v_i + \delta,\
+    \delta \leftarrow v - \mathcal{C}_s(v), \quad x \leftarrow x - \gamma\,\mathcal{C}_s(v).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    compressor: the workers' C.
+    server_compressor: the server's C_s (default: ``compressor``).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of the error buffers (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.double_squeeze(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init(jnp.zeros(3))
+    >>> opt.update(jnp.array([1., -3., 2.]), state)[0]
+    Array([-0. ,  0.3, -0. ], dtype=float32)
+
+  References:
+    Tang, Yu, Lian, Zhang, Liu. DoubleSqueeze: parallel stochastic gradient
+    descent with double-pass error-compensated compression, ICML 2019.
+    https://arxiv.org/abs/1905.05957
+  """
+  return optax.chain(
+      double_squeeze_estimator(compressor, server_compressor=server_compressor,
+                               axis_name=axis_name, key=key, error_dtype=error_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,95 @@
+"""Partial participation: samplings S over the n workers (paper 000 §4.2).
+
+A sampling draws the set S of workers that communicate in a round. Every
+worker draws it from the same (shared) key, so all agree on S without
+communicating. Each sampling reports p_i = P(i ∈ S), which the aggregate
+Σ_{i∈S} Δ_i/(n p_i) needs to stay unbiased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Sampling:
+  """Base class: ``draw(key, n, owner)`` -> (mask bool[n], p float32[n])."""
+
+  def draw(self, key, n: int, owner: str):
+    raise NotImplementedError
+
+
+def _check_probability(p, name: str, owner: str) -> float:
+  if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{owner}: `{name}` must hold numbers in (0, 1]; got {p!r}")
+  p = float(p)
+  if not 0.0 < p <= 1.0:
+    raise ValueError(f"{owner}: `{name}` must hold probabilities in (0, 1]; got {p}")
+  return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Independent(Sampling):
+  """Each worker i joins S on its own with probability p_i."""
+  p: float | tuple[float, ...] = 1.0
+
+  def probabilities(self, n: int, owner: str) -> np.ndarray:
+    if isinstance(self.p, tuple):
+      if len(self.p) != n:
+        raise ValueError(
+            f"{owner}: `sampling` has {len(self.p)} probabilities but the worker "
+            f"axis has {n} workers")
+      return np.asarray(self.p, np.float32)
+    return np.full((n,), self.p, np.float32)
+
+  def draw(self, key, n, owner):
+    p = jnp.asarray(self.probabilities(n, owner))
+    return jax.random.uniform(key, (n,)) < p, p
+
+
+@dataclasses.dataclass(frozen=True)
+class Nice(Sampling):
+  """τ-nice sampling: S is a uniformly random subset of size τ; p_i = τ/n."""
+  tau: int = 1
+
+  def draw(self, key, n, owner):
+    if self.tau > n:
+      raise ValueError(
+          f"{owner}: `sampling` is {self.tau}-nice but the worker axis has only "
+          f"{n} workers; need 1 <= tau <= n")
+    chosen = jax.random.permutation(key, n)[:self.tau]
+    mask = jnp.zeros((n,), bool).at[chosen].set(True)
+    return mask, jnp.full((n,), self.tau / n, jnp.float32)
+
+
+def independent(p: float | Sequence[float]) -> Independent:
+  """Independent (Bernoulli) participation: worker i joins S with probability p_i.
+
+  Args:
+    p: one probability for every worker, or a sequence of n probabilities,
+      each in (0, 1].
+  """
+  if isinstance(p, (list, tuple, np.ndarray)):
+    return Independent(tuple(_check_probability(q, "p", "sampling.independent") for q in p))
+  return Independent(_check_probability(p, "p", "sampling.independent"))
+
+
+def nice(tau: int) -> Nice:
+  """τ-nice sampling: a uniformly random subset of exactly τ workers (p_i = τ/n)."""
+  if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)) or tau < 1:
+    raise ValueError(f"sampling.nice: `tau` must be an integer >= 1; got {tau!r}")
+  return Nice(int(tau))
+
+
+def resolve(sampling, owner: str) -> Sampling | None:
+  """The ``sampling=`` argument of a method: None, a Sampling, or p (a number
+  or a sequence of numbers in (0, 1]) meaning independent participation."""
+  if sampling is None or isinstance(sampling, Sampling):
+    return sampling
+  if isinstance(sampling, (list, tuple, np.ndarray)):
+    return Independent(tuple(_check_probability(q, "sampling", owner) for q in sampling))
+  return Independent(_check_probability(sampling, "sampling", owner))
