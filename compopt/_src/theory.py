@@ -1,0 +1,994 @@
+"""Theory helpers: the constants and hyperparameters the papers' theorems give.
+
+Every function returns a plain Python number computed from the statement of a
+theorem, and names its source. Notation (``ALGORITHMS.md``):
+
+* unbiased U(ω): E C(x) = x, E‖C(x) − x‖² ≤ ω‖x‖²;
+* contractive B(δ), δ ∈ (0, 1]: E‖C(x) − x‖² ≤ (1 − δ)‖x‖².
+
+Paper 000 (Horváth & Richtárik) writes U(δ') for E‖C(x)‖² ≤ δ'‖x‖², so
+δ' = ω + 1, and C(δ') for a contractive compressor with
+E‖C(x) − x‖² ≤ (1 − 1/δ')‖x‖², so δ' = 1/δ. The functions below take ω and δ
+in the notation above and convert where the paper's statement needs it.
+
+References:
+  [000] Horváth, Richtárik. A better alternative to error feedback for
+    communication-efficient distributed learning, ICLR 2021.
+    https://arxiv.org/abs/2006.11077
+  [001] Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal algorithms in
+    distributed learning with communication compression, NeurIPS 2022.
+    https://arxiv.org/abs/2206.03665
+  [002] Shulgin, Richtárik. Shifted compression framework: generalizations
+    and improvements, UAI 2022. https://arxiv.org/abs/2206.10452
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from compopt._src.compressors import base
+
+_Real = (int, float, np.integer, np.floating)
+
+
+# --------------------------------------------------------------- validation
+def _real(value, name: str, owner: str, *, lo: float | None = None,
+          hi: float | None = None, lo_open: bool = False,
+          hi_open: bool = False) -> float:
+  """A finite real in the interval given by ``lo``/``hi``; else an error."""
+  lo_s = "-inf" if lo is None else f"{lo:g}"
+  hi_s = "inf" if hi is None else f"{hi:g}"
+  left = "(" if lo_open or lo is None else "["
+  right = ")" if hi_open or hi is None else "]"
+  interval = f"{left}{lo_s}, {hi_s}{right}"
+  if isinstance(value, bool) or not isinstance(value, _Real):
+    raise TypeError(
+        f"{owner}: `{name}` must be a real number in {interval}; got {value!r}")
+  value = float(value)
+  ok = math.isfinite(value)
+  if ok and lo is not None:
+    ok = value > lo if lo_open else value >= lo
+  if ok and hi is not None:
+    ok = value < hi if hi_open else value <= hi
+  if not ok:
+    raise ValueError(f"{owner}: `{name}` must be in {interval}; got {value}")
+  return value
+
+
+def _int(value, name: str, owner: str, *, lo: int = 1, hi: int | None = None) -> int:
+  rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{owner}: `{name}` must be an integer {rng}; got {value!r}")
+  if value < lo or (hi is not None and value > hi):
+    raise ValueError(f"{owner}: `{name}` must be an integer {rng}; got {value}")
+  return int(value)
+
+
+def _omega(value, owner: str, name: str = "omega") -> float:
+  return _real(value, name, owner, lo=0.0)
+
+
+def _delta(value, owner: str, name: str = "delta") -> float:
+  return _real(value, name, owner, lo=0.0, hi=1.0, lo_open=True)
+
+
+def _positive(value, name: str, owner: str) -> float:
+  return _real(value, name, owner, lo=0.0, lo_open=True)
+
+
+def _probabilities(probabilities, n: int, owner: str) -> list[float]:
+  """p_i ∈ (0, 1], one per worker (a scalar is the same p for all n)."""
+  if isinstance(probabilities, _Real) and not isinstance(probabilities, bool):
+    return [_real(probabilities, "probabilities", owner, lo=0.0, hi=1.0,
+                  lo_open=True)] * n
+  try:
+    ps = [p for p in np.asarray(probabilities, dtype=object).reshape(-1)]
+  except Exception as e:  # pragma: no cover - exotic inputs
+    raise TypeError(f"{owner}: `probabilities` must be a number or a sequence "
+                    f"of numbers; got {probabilities!r}") from e
+  if len(ps) != n:
+    raise ValueError(f"{owner}: `probabilities` must have one entry per worker "
+                     f"(n = {n}); got {len(ps)} entries")
+  return [_real(p, "probabilities", owner, lo=0.0, hi=1.0, lo_open=True)
+          for p in ps]
+
+
+# -------------------------------------------------------- compressor classes
+def _shape_tree(tree_or_shape, owner: str):
+  """A ShapeDtypeStruct (or a tree of them) describing ``tree_or_shape``."""
+  def bad_shape(shape):
+    raise ValueError(f"{owner}: `tree_or_shape` must have dimensions >= 0; "
+                     f"got shape {shape}")
+
+  if isinstance(tree_or_shape, (int, np.integer)) and not isinstance(tree_or_shape, bool):
+    if tree_or_shape < 0:
+      bad_shape((tree_or_shape,))
+    tree = jax.ShapeDtypeStruct((int(tree_or_shape),), np.float32)
+  elif (isinstance(tree_or_shape, tuple)
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                for s in tree_or_shape)):
+    if any(s < 0 for s in tree_or_shape):
+      bad_shape(tree_or_shape)
+    tree = jax.ShapeDtypeStruct(tuple(int(s) for s in tree_or_shape), np.float32)
+  else:
+    def leaf(x):
+      shape = x.shape if hasattr(x, "shape") else np.shape(x)
+      return jax.ShapeDtypeStruct(tuple(shape), np.float32)
+    tree = jax.tree.map(leaf, tree_or_shape)
+  if not any(math.prod(l.shape) > 0 for l in jax.tree.leaves(tree)):
+    raise ValueError(f"{owner}: `tree_or_shape` must hold at least one non-empty "
+                     f"array; got {tree_or_shape!r}")
+  return tree
+
+
+def _check_compressor(compressor, owner: str):
+  if not isinstance(compressor, base.Compressor):
+    raise TypeError(f"{owner}: `compressor` must be a compopt compressor; "
+                    f"got {compressor!r}")
+  return compressor
+
+
+def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
+  """ω of a compressor on an array shape or on a whole pytree.
+
+  The compressor acts leaf by leaf (layer-wise). For a tree with leaves x_l,
+
+  .. math::
+    E‖C(x) − x‖² = Σ_l E‖C(x_l) − x_l‖² ≤ Σ_l ω_l ‖x_l‖² ≤ (max_l ω_l) ‖x‖²,
+
+  so the tree's constant is ω = max_l ω_l (and C is unbiased when every leaf
+  is). For example rand_k on a leaf of d coordinates has ω = d/k − 1.
+
+  Args:
+    compressor: a compopt compressor.
+    tree_or_shape: an int (a vector's length), a shape tuple, an array, a
+      ``jax.ShapeDtypeStruct``, or a pytree of arrays/``ShapeDtypeStruct``s.
+      Leaves of size 0 are ignored; at least one leaf must be non-empty.
+
+  Returns:
+    ω as a float, or None where the compressor is not unbiased (on some leaf)
+    or the papers give no ω for it.
+
+  Example:
+    >>> from compopt import compressors, theory
+    >>> theory.omega(compressors.rand_k(10), (100,))
+    9.0
+
+  References:
+    [002] Shulgin, Richtárik, Definition 2 (class U(ω)), eq. 2 (Rand-K ∈
+    U(d/K − 1)). https://arxiv.org/abs/2206.10452
+  """
+  owner = "omega"
+  compressor = _check_compressor(compressor, owner)
+  return base.tree_omega(compressor, _shape_tree(tree_or_shape, owner))
+
+
+def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
+  """δ of a compressor on an array shape or on a whole pytree.
+
+  Layer-wise on a tree with leaves x_l,
+
+  .. math::
+    E‖C(x) − x‖² = Σ_l E‖C(x_l) − x_l‖² ≤ Σ_l (1 − δ_l)‖x_l‖²
+                 ≤ (1 − min_l δ_l) ‖x‖²,
+
+  so the tree's constant is δ = min_l δ_l. For example top_k on a leaf of d
+  coordinates has δ = k/d.
+
+  Args:
+    compressor: a compopt compressor.
+    tree_or_shape: an int, a shape tuple, an array, a
+      ``jax.ShapeDtypeStruct``, or a pytree of those (see :func:`omega`).
+
+  Returns:
+    δ ∈ (0, 1] as a float, or None where the compressor is not contractive
+    as a class (on some leaf).
+
+  Example:
+    >>> from compopt import compressors, theory
+    >>> theory.delta(compressors.top_k(10), (100,))
+    0.1
+
+  References:
+    [002] Shulgin, Richtárik, Definition 1 (class B(δ); Top-K ∈ B(K/d)).
+    https://arxiv.org/abs/2206.10452
+  """
+  owner = "delta"
+  compressor = _check_compressor(compressor, owner)
+  return base.tree_delta(compressor, _shape_tree(tree_or_shape, owner))
+
+
+def induced_omega(delta1: float, omega2: float) -> float:
+  """ω of the induced compressor C(x) = C1(x) + C2(x − C1(x)).
+
+  Paper 000, Thm 3, states for C1 ∈ C(δ1') (contractive with λ = 1) and
+  C2 ∈ U(δ2') that C ∈ U(δ') with δ' = δ2'(1 − 1/δ1') + 1/δ1'. In our notation
+  δ1' = 1/δ1 (since 1 − 1/δ1' = 1 − δ1) and δ2' = ω2 + 1, so
+
+  .. math::
+    ω = δ' − 1 = (ω2 + 1)(1 − δ1) + δ1 − 1 = ω2 (1 − δ1).
+
+  Args:
+    delta1: δ1 ∈ (0, 1], the contractive constant of C1 (B(δ1)).
+    omega2: ω2 >= 0, the variance constant of the unbiased C2 (U(ω2)).
+
+  Returns:
+    ω2 (1 − δ1), the ω of the (unbiased) induced compressor.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.induced_omega(0.1, 9.0)  # top_k(10) then rand_k(10), d = 100
+    8.1
+
+  References:
+    [000] Horváth, Richtárik, Theorem 3. https://arxiv.org/abs/2006.11077
+  """
+  owner = "induced_omega"
+  delta1 = _delta(delta1, owner, "delta1")
+  omega2 = _omega(omega2, owner, "omega2")
+  return omega2 * (1.0 - delta1)
+
+
+# ---------------------------------------------------------------- DCSGD (000)
+def dcsgd_delta_n(omega: float, n: int) -> float:
+  """Paper 000's δ_n: DCSGD's second-moment constant with n workers.
+
+  Paper 000, Thm 4, with C ∈ U(δ') (δ' = ω + 1):
+
+  .. math::
+    δ_n = (δ' − 1)/n + 1 = ω/n + 1.
+
+  Note that δ_n ≥ 1 is in paper 000's U(δ') notation (a bound on
+  E‖mean_i C(g_i)‖²), not a contractive δ.
+
+  Args:
+    omega: ω >= 0 of the compressor every worker uses.
+    n: number of workers, >= 1.
+
+  Returns:
+    δ_n = ω/n + 1.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcsgd_delta_n(9.0, 3)
+    4.0
+
+  References:
+    [000] Horváth, Richtárik, Theorem 4. https://arxiv.org/abs/2006.11077
+  """
+  owner = "dcsgd_delta_n"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  return omega / n + 1.0
+
+
+def dcsgd_delta_s(omega: float, n: int, *,
+                  probabilities: float | Sequence[float] | None = None,
+                  tau: int | None = None) -> float:
+  """Paper 000's δ_S: DCSGD's constant under partial participation.
+
+  Paper 000, §4.2 and Thm 6: a sampling S ⊆ [n] with p_i = P(i ∈ S) > 0 and
+  aggregation Δ = Σ_{i∈S} C(g_i)/(n p_i). With a vector v satisfying
+  P − pp^T ⪯ Diag(p_1 v_1, …, p_n v_n) (Lemma 5), and C ∈ U(δ'), δ' = ω + 1,
+
+  .. math::
+    δ_S = (δ' max_i (v_i/p_i + 1) − 1)/n + 1
+        = ((ω + 1) max_i (v_i/p_i + 1) − 1)/n + 1.
+
+  Two samplings are supported, with v worked out from P:
+
+  * independent participation, worker i joins with probability p_i:
+    P − pp^T = Diag(p_i(1 − p_i)), so v_i = 1 − p_i, v_i/p_i + 1 = 1/p_i and
+    δ_S = ((ω + 1)/min_i p_i − 1)/n + 1;
+  * τ-nice, a uniformly random subset of exactly τ workers: p_i = τ/n,
+    P_ij = τ(τ − 1)/(n(n − 1)), and P − pp^T ⪯ (τ/n)(n − τ)/(n − 1) · I, so
+    v_i = (n − τ)/(n − 1) (0 when τ = n).
+
+  Full participation (p_i = 1 or τ = n) gives v = 0 and δ_S = δ_n (Thm 4).
+
+  Args:
+    omega: ω >= 0 of the compressor.
+    n: number of workers, >= 1.
+    probabilities: for independent participation, p_i ∈ (0, 1]: one number
+      for all workers or a sequence of n numbers.
+    tau: for τ-nice sampling, the number of workers per round, in [1, n].
+      Give exactly one of ``probabilities`` and ``tau``.
+
+  Returns:
+    δ_S (paper 000's U(δ') notation, >= 1).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcsgd_delta_s(1.0, 4, probabilities=0.5)  # ((2/0.5) − 1)/4 + 1
+    1.75
+
+  References:
+    [000] Horváth, Richtárik, §4.2, Lemma 5, Theorem 6.
+    https://arxiv.org/abs/2006.11077
+  """
+  owner = "dcsgd_delta_s"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  if (probabilities is None) == (tau is None):
+    raise ValueError(f"{owner}: give exactly one of `probabilities` "
+                     f"(independent participation) and `tau` (τ-nice sampling); "
+                     f"got probabilities={probabilities!r}, tau={tau!r}")
+  if tau is not None:
+    tau = _int(tau, "tau", owner, lo=1, hi=n)
+    # v_i / p_i + 1 with p_i = τ/n and v_i = (n − τ)/(n − 1).
+    v_over_p = 0.0 if tau == n else (n - tau) / (n - 1) * n / tau
+    worst = v_over_p + 1.0
+  else:
+    ps = _probabilities(probabilities, n, owner)
+    worst = 1.0 / min(ps)  # v_i/p_i + 1 = (1 − p_i)/p_i + 1 = 1/p_i
+  return ((omega + 1.0) * worst - 1.0) / n + 1.0
+
+
+def dcsgd_step_size(omega: float, n: int, L: float, *,
+                    probabilities: float | Sequence[float] | None = None,
+                    tau: int | None = None) -> float:
+  """Largest DCSGD step size of paper 000, Thms 4 and 6.
+
+  .. math::
+    γ ≤ 1/(2 δ_n L),  δ_n = ω/n + 1            (full participation, Thm 4)
+    γ ≤ 1/(2 δ_S L)                           (a sampling S, Thm 6)
+
+  with δ_n from :func:`dcsgd_delta_n` and δ_S from :func:`dcsgd_delta_s`.
+  L is the constant of the expected smoothness assumption (Assumption 3;
+  the smoothness constant of each f_i for exact gradients).
+
+  Args:
+    omega: ω >= 0 of the compressor.
+    n: number of workers, >= 1.
+    L: smoothness constant, > 0.
+    probabilities: independent participation probabilities (see
+      :func:`dcsgd_delta_s`); None with ``tau`` None means full participation.
+    tau: τ-nice sampling (see :func:`dcsgd_delta_s`).
+
+  Returns:
+    γ = 1/(2 δ L) with δ = δ_n or δ_S.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcsgd_step_size(9.0, 3, 2.0)  # δ_n = 4
+    0.0625
+
+  References:
+    [000] Horváth, Richtárik, Theorems 4 and 6.
+    https://arxiv.org/abs/2006.11077
+  """
+  owner = "dcsgd_step_size"
+  L = _positive(L, "L", owner)
+  if probabilities is None and tau is None:
+    d = dcsgd_delta_n(omega, n)
+  else:
+    d = dcsgd_delta_s(omega, n, probabilities=probabilities, tau=tau)
+  return 1.0 / (2.0 * d * L)
+
+
+# ------------------------------------------------- shifted compression (002)
+def dcgd_fixed_step_size(omega: float, n: int, L: float, L_max: float) -> float:
+  """Largest step size of DCGD with fixed shifts (paper 002, Thm 1).
+
+  .. math::
+    γ ≤ 1 / (L + 2 max_i(L_i ω_i)/n).
+
+  With one ω for all workers, max_i(L_i ω_i) = ω L_max; for different ω_i,
+  passing ω = max_i ω_i gives a smaller, still valid, step.
+
+  Args:
+    omega: ω >= 0 of the compressors Q_i.
+    n: number of workers, >= 1.
+    L: smoothness constant of f, > 0.
+    L_max: max_i L_i, the largest smoothness constant of the f_i, >= L.
+
+  Returns:
+    1 / (L + 2 ω L_max / n).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcgd_fixed_step_size(9.0, 10, 1.0, 1.0)  # 1/(1 + 1.8)
+    0.35714285714285715
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 1. https://arxiv.org/abs/2206.10452
+  """
+  owner = "dcgd_fixed_step_size"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L, L_max = _smoothness(L, L_max, owner)
+  return 1.0 / (L + 2.0 * omega * L_max / n)
+
+
+def _smoothness(L, L_max, owner):
+  L = _positive(L, "L", owner)
+  L_max = _positive(L_max, "L_max", owner)
+  if L_max < L:
+    # f = mean_i f_i is L_max-smooth, so a valid L is at most L_max.
+    raise ValueError(f"{owner}: `L_max` must be >= L = {L} (f = mean_i f_i is "
+                     f"max_i L_i-smooth); got {L_max}")
+  return L, L_max
+
+
+def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
+                        delta: float = 0.0) -> float:
+  """Largest step size of DCGD-STAR (paper 002, Thm 2, eq. 9).
+
+  Shifts h_i = ∇f_i(x*) + C_i(∇f_i(x^k) − ∇f_i(x*)) (eq. 8) with C_i ∈ B(δ):
+
+  .. math::
+    γ ≤ 1 / (L + max_i(L_i ω_i (1 − δ_i))/n).
+
+  δ = 0 stands for C_i ≡ 0 (the paper: "δ_i should be interpreted as zero").
+  The paper's statement writes C_i ∈ U(δ_i); its Table 2 and eq. 4 make C_i a
+  contractive B(δ) compressor, which is what δ here means.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    L: smoothness constant of f, > 0.
+    L_max: max_i L_i, >= L.
+    delta: δ ∈ [0, 1] of the C_i in the shift; 0 for C_i ≡ 0.
+
+  Returns:
+    1 / (L + ω (1 − δ) L_max / n).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcgd_star_step_size(9.0, 10, 1.0, 1.0)  # 1/(1 + 0.9)
+    0.5263157894736842
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 2. https://arxiv.org/abs/2206.10452
+  """
+  owner = "dcgd_star_step_size"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L, L_max = _smoothness(L, L_max, owner)
+  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  return 1.0 / (L + omega * (1.0 - delta) * L_max / n)
+
+
+def diana_alpha(omega: float, delta: float = 0.0) -> float:
+  """Largest DIANA shift step α (paper 002, Thm 3).
+
+  .. math::
+    α ≤ 1 / (1 + ω (1 − δ)),
+
+  for the shift update h_i ← h_i + α(c_i + m_i), c_i = C_i(g_i − h_i),
+  m_i = Q_i(g_i − h_i − c_i) (eq. 10), Q_i ∈ U(ω), C_i ∈ B(δ). δ = 0 stands
+  for C_i ≡ 0, the original DIANA (eq. 11): α = 1/(1 + ω). The theorem's
+  statement writes C_i ∈ U(δ_i); Table 2 and eq. 4 make C_i contractive,
+  B(δ), as used here.
+
+  Args:
+    omega: ω >= 0 of the Q_i (for different ω_i pass max_i ω_i).
+    delta: δ ∈ [0, 1] of the C_i; 0 for C_i ≡ 0.
+
+  Returns:
+    α = 1 / (1 + ω (1 − δ)).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.diana_alpha(9.0)   # rand_k with q = k/d = 0.1: α = q
+    0.1
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 3, eqs. 10–11.
+    https://arxiv.org/abs/2206.10452
+  """
+  owner = "diana_alpha"
+  omega = _omega(omega, owner)
+  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  return 1.0 / (1.0 + omega * (1.0 - delta))
+
+
+def _alpha_arg(alpha, omega, delta, owner):
+  if alpha is None:
+    return diana_alpha(omega, delta)
+  return _real(alpha, "alpha", owner, lo=0.0, hi=1.0, lo_open=True)
+
+
+def diana_M(omega: float, n: int, alpha: float | None = None,
+            delta: float = 0.0) -> float:
+  """The Lyapunov weight M of DIANA (paper 002, Thm 3), with a safety factor 2.
+
+  Thm 3 asks for M > 2/(nα), and its rate factor 1 − α + 2ω/(nM) is below 1
+  only when M > 2ω/(nα). We return twice the larger bound,
+
+  .. math::
+    M = 4 max(1, ω) / (n α),
+
+  which meets the stated condition and makes 1 − α + 2ω/(nM) ≤ 1 − α/2
+  (the same factor 2 as Thm 4's choice M = 4ω/(n p) for Rand-DIANA).
+
+  Why both bounds: the theorem's γ bound, (1 + αM)L_max, and its rate term
+  2ω/(nM) are those of a Lyapunov function M γ² (1/n) Σ_i ‖h_i − h_i*‖²
+  (as in Thm 4, which needs M > 2ω/(n p)); the statement's V weighs the
+  shifts by ω_i and asks for M > 2/(nα) instead. Without the paper's proof
+  we take the choice that satisfies both readings.
+
+  Args:
+    omega: ω >= 0 of the Q_i (for different ω_i pass max_i ω_i).
+    n: number of workers, >= 1.
+    alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
+    delta: δ ∈ [0, 1] of the C_i, used only for the default α.
+
+  Returns:
+    M = 4 max(1, ω) / (n α).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.diana_M(9.0, 10)   # α = 0.1: 4·9/(10·0.1)
+    36.0
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+  """
+  owner = "diana_M"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  alpha = _alpha_arg(alpha, omega, delta, owner)
+  return 4.0 * max(1.0, omega) / (n * alpha)
+
+
+def diana_step_size(omega: float, n: int, L_max: float, *,
+                    alpha: float | None = None, M: float | None = None,
+                    delta: float = 0.0) -> float:
+  """Largest DIANA step size γ (paper 002, Thm 3).
+
+  .. math::
+    γ ≤ 1 / ((2/n) max_i(ω_i L_i) + (1 + α M) L_max),
+
+  with one ω for all workers (max_i(ω_i L_i) = ω L_max; for different ω_i,
+  ω = max_i ω_i gives a valid bound). The theorem's bound does not involve
+  the smoothness constant L of f, only the L_i.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    L_max: max_i L_i, > 0.
+    alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
+    M: the Lyapunov weight, > 0; defaults to :func:`diana_M`.
+    delta: δ ∈ [0, 1] of the C_i; used only for the default α.
+
+  Returns:
+    1 / ((2/n) ω L_max + (1 + α M) L_max).
+
+  Example:
+    >>> from compopt import theory
+    >>> # ω = 9, n = 10: α = 0.1, M = 36, γ = 1/(1.8 + 4.6)
+    >>> round(theory.diana_step_size(9.0, 10, 1.0), 6)
+    0.15625
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+  """
+  owner = "diana_step_size"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L_max = _positive(L_max, "L_max", owner)
+  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  alpha = _alpha_arg(alpha, omega, delta, owner)
+  M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
+  return 1.0 / (2.0 * omega * L_max / n + (1.0 + alpha * M) * L_max)
+
+
+def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
+               alpha: float | None = None, M: float | None = None,
+               delta: float = 0.0) -> float:
+  """DIANA's per-iteration contraction factor (paper 002, Thm 3).
+
+  .. math::
+    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − α + 2ω/(nM)}.
+
+  A value >= 1 means the theorem guarantees nothing for these parameters.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    gamma: the step size γ > 0 (e.g. :func:`diana_step_size`).
+    mu: strong convexity constant μ > 0 of f.
+    alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
+    M: the Lyapunov weight, > 0; defaults to :func:`diana_M`.
+    delta: δ ∈ [0, 1] of the C_i; used only for the default α.
+
+  Returns:
+    ρ = max(1 − γμ, 1 − α + 2ω/(nM)).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.diana_rate(9.0, 10, 0.15625, 0.01)  # max(0.9984375, 0.95)
+    0.9984375
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+  """
+  owner = "diana_rate"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  gamma = _positive(gamma, "gamma", owner)
+  mu = _positive(mu, "mu", owner)
+  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  alpha = _alpha_arg(alpha, omega, delta, owner)
+  M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
+  return max(1.0 - gamma * mu, 1.0 - alpha + 2.0 * omega / (n * M))
+
+
+def rand_diana_p(omega: float) -> float:
+  """Rand-DIANA's refresh probability p = 1/(ω + 1) (paper 002, §3.2.2).
+
+  .. math::
+    p = 1/(ω + 1).
+
+  The choice the paper recommends after Thm 4 (and uses in its experiments,
+  §4.1): with M = 4ω/(np) it gives the iteration complexity
+  max{(L_max/μ)(1 + ω/n), ω + 1} of the original DIANA.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+
+  Returns:
+    p = 1/(ω + 1) ∈ (0, 1].
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.rand_diana_p(9.0)
+    0.1
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 4 and the text after it.
+    https://arxiv.org/abs/2206.10452
+  """
+  return 1.0 / (_omega(omega, "rand_diana_p") + 1.0)
+
+
+def _p_arg(p, omega, owner):
+  if p is None:
+    return rand_diana_p(omega)
+  return _real(p, "p", owner, lo=0.0, hi=1.0, lo_open=True)
+
+
+def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
+  """Rand-DIANA's Lyapunov weight M = 4ω/(n p_m) (paper 002, Thm 4).
+
+  .. math::
+    M = 4ω/(n p_m),  p_m = min_i p_i,
+
+  twice the theorem's lower bound M > 2ω/(n p_m) (the choice stated after
+  Thm 4). It makes the rate term 1 − p_m + 2ω/(nM) = 1 − p_m/2. For ω = 0
+  this is 0: no compression, no shift term to control.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    p: p_m ∈ (0, 1], the smallest refresh probability; defaults to
+      :func:`rand_diana_p`.
+
+  Returns:
+    M = 4ω/(n p).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.rand_diana_M(9.0, 10)   # p = 0.1
+    36.0
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+  """
+  owner = "rand_diana_M"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  p = _p_arg(p, omega, owner)
+  return 4.0 * omega / (n * p)
+
+
+def rand_diana_step_size(omega: float, n: int, L_max: float, *,
+                         p: float | None = None,
+                         M: float | None = None) -> float:
+  """Largest Rand-DIANA step size γ (paper 002, Thm 4).
+
+  .. math::
+    γ ≤ 1 / ((1 + 2ω/n) L_max + M max_i(p_i L_i)),
+
+  with one p for all workers (max_i(p_i L_i) = p L_max). With the defaults
+  p = 1/(ω + 1), M = 4ω/(np): γ = 1/((1 + 6ω/n) L_max).
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    L_max: max_i L_i, > 0.
+    p: refresh probability ∈ (0, 1]; defaults to :func:`rand_diana_p`.
+    M: the Lyapunov weight, >= 0; defaults to :func:`rand_diana_M`.
+
+  Returns:
+    1 / ((1 + 2ω/n) L_max + M p L_max).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.rand_diana_step_size(9.0, 10, 1.0)   # 1/(1 + 1.8 + 3.6)
+    0.15625
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+  """
+  owner = "rand_diana_step_size"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L_max = _positive(L_max, "L_max", owner)
+  p = _p_arg(p, omega, owner)
+  M = rand_diana_M(omega, n, p) if M is None else _real(M, "M", owner, lo=0.0)
+  return 1.0 / ((1.0 + 2.0 * omega / n) * L_max + M * p * L_max)
+
+
+def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
+                    p: float | None = None, M: float | None = None) -> float:
+  """Rand-DIANA's per-iteration contraction factor (paper 002, Thm 4).
+
+  .. math::
+    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − p_m + 2ω/(nM)}.
+
+  (For ω = 0 the second term is 1 − p_m.) A value >= 1 means the theorem
+  guarantees nothing for these parameters.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    gamma: the step size γ > 0.
+    mu: strong convexity constant μ > 0.
+    p: p_m ∈ (0, 1]; defaults to :func:`rand_diana_p`.
+    M: the Lyapunov weight, > 0 (>= 0 when ω = 0); defaults to
+      :func:`rand_diana_M`.
+
+  Returns:
+    ρ = max(1 − γμ, 1 − p + 2ω/(nM)).
+
+  Example:
+    >>> from compopt import theory
+    >>> round(theory.rand_diana_rate(9.0, 10, 0.15625, 1.0), 6)  # max(.84375, .95)
+    0.95
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+  """
+  owner = "rand_diana_rate"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  gamma = _positive(gamma, "gamma", owner)
+  mu = _positive(mu, "mu", owner)
+  p = _p_arg(p, omega, owner)
+  if M is None:
+    M = rand_diana_M(omega, n, p)
+  else:
+    M = _real(M, "M", owner, lo=0.0, lo_open=omega > 0)
+  shift_term = 0.0 if omega == 0 else 2.0 * omega / (n * M)
+  return max(1.0 - gamma * mu, 1.0 - p + shift_term)
+
+
+def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
+  """Largest GDCI relaxation η (paper 002, Thm 5).
+
+  For x ← (1 − η)x + η mean_i Q_i(x − γ∇f_i(x)) (eq. 13), Q_i ∈ U(ω):
+
+  .. math::
+    η ≤ [L/μ + (2ω/n)(L_max/μ − 1)]^{-1}.
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    L: smoothness constant of f, > 0.
+    L_max: max_i L_i, >= L.
+    mu: strong convexity constant of f, in (0, L].
+
+  Returns:
+    η = 1 / (L/μ + (2ω/n)(L_max/μ − 1)) ∈ (0, 1].
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.gdci_eta(1.0, 2, 2.0, 2.0, 1.0)   # 1/(2 + 1)
+    0.3333333333333333
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
+  """
+  owner = "gdci_eta"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L, L_max = _smoothness(L, L_max, owner)
+  mu = _real(mu, "mu", owner, lo=0.0, hi=L, lo_open=True)
+  return 1.0 / (L / mu + 2.0 * omega / n * (L_max / mu - 1.0))
+
+
+def gdci_step_size(omega: float, n: int, L: float, L_max: float,
+                   eta: float) -> float:
+  """Largest GDCI gradient step γ for a given η (paper 002, Thm 5).
+
+  .. math::
+    γ ≤ (1 + 2ηω/n) / (η (L + 2 L_max ω/n)).
+
+  Args:
+    omega: ω >= 0 of the Q_i.
+    n: number of workers, >= 1.
+    L: smoothness constant of f, > 0.
+    L_max: max_i L_i, >= L.
+    eta: the relaxation η ∈ (0, 1] (e.g. :func:`gdci_eta`).
+
+  Returns:
+    (1 + 2ηω/n) / (η (L + 2 L_max ω/n)).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.gdci_step_size(1.0, 2, 2.0, 2.0, 0.5)   # 1.5/(0.5·4)
+    0.75
+
+  References:
+    [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
+  """
+  owner = "gdci_step_size"
+  omega = _omega(omega, owner)
+  n = _int(n, "n", owner)
+  L, L_max = _smoothness(L, L_max, owner)
+  eta = _real(eta, "eta", owner, lo=0.0, hi=1.0, lo_open=True)
+  return (1.0 + 2.0 * eta * omega / n) / (eta * (L + 2.0 * L_max * omega / n))
+
+
+# ------------------------------------------------------------ NEOLITHIC (001)
+def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
+                     Delta: float, L: float) -> int:
+  """NEOLITHIC's number of compression rounds R (paper 001, Thm 3).
+
+  .. math::
+    R = ⌈ max{ ln(δ T max{b², σ² δ} / (Δ L)), ln 8 } / δ ⌉.
+
+  Where b² = σ² = 0 the first logarithm is −∞ and R = ⌈ln 8 / δ⌉. For an
+  unbiased C ∈ U(ω), use δ = 1/(1 + ω) (the scaled compressor C/(1 + ω),
+  Corollary 3).
+
+  Args:
+    delta: δ ∈ (0, 1] of the compressors C_i (and C_0).
+    T: total gradient queries / communication rounds per worker, >= 1
+      (T = K R for K iterations).
+    b2: gradient dissimilarity b² >= 0 (Assumption 5).
+    sigma2: gradient noise variance σ² >= 0 (Assumption 2).
+    Delta: initial gap Δ >= f(x⁰) − f*, > 0.
+    L: smoothness constant, > 0.
+
+  Returns:
+    R, an int >= 1.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.neolithic_rounds(0.5, 1000, 1.0, 1.0, 1.0, 1.0)  # ⌈2 ln 500⌉
+    13
+
+  References:
+    [001] Huang, Chen, Yin, Yuan, Theorem 3. https://arxiv.org/abs/2206.03665
+  """
+  owner = "neolithic_rounds"
+  delta = _delta(delta, owner)
+  T = _int(T, "T", owner)
+  b2 = _real(b2, "b2", owner, lo=0.0)
+  sigma2 = _real(sigma2, "sigma2", owner, lo=0.0)
+  Delta = _positive(Delta, "Delta", owner)
+  L = _positive(L, "L", owner)
+  arg = delta * T * max(b2, sigma2 * delta) / (Delta * L)
+  log_term = math.log(arg) if arg > 0 else -math.inf
+  return max(1, math.ceil(max(log_term, math.log(8.0)) / delta))
+
+
+def fcc_error_bound(delta: float, R: int) -> float:
+  """FCC's error factor after R rounds (paper 001, Lemma 2).
+
+  .. math::
+    E‖v^R − v*‖² ≤ (1 − δ)^R ‖v*‖²,
+
+  so FCC(C, R) ∈ B(1 − (1 − δ)^R) for C ∈ B(δ).
+
+  Args:
+    delta: δ ∈ (0, 1] of the compressor C.
+    R: number of rounds, >= 1.
+
+  Returns:
+    (1 − δ)^R.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.fcc_error_bound(0.5, 3)
+    0.125
+
+  References:
+    [001] Huang, Chen, Yin, Yuan, Lemma 2 (Alg. 1).
+    https://arxiv.org/abs/2206.03665
+  """
+  owner = "fcc_error_bound"
+  delta = _delta(delta, owner)
+  R = _int(R, "R", owner)
+  return (1.0 - delta) ** R
+
+
+# Paper 001, Table 1: transient complexity (gradient queries, or communication
+# rounds, before the σ/√(nT) term dominates), as (n, δ) -> count. Unbiased
+# rows are the contractive ones with δ = 1/(1 + ω) (Lemma 1 / Corollary 3):
+# n/δ² = n(1 + ω)². None: the table's "–" (no linear speed-up shown).
+_TRANSIENT = {
+    "lower_bound": lambda n, d: n / d**2,      # Thms 1–2, Cors 1–2
+    "neolithic": lambda n, d: n / d**2,        # Thm 3, Cor 3
+    "q_sgd": None,                             # "–" (footnote †)
+    "mem_sgd": lambda n, d: n**3 / d**4,
+    "double_squeeze": lambda n, d: n**3 / d**8,
+    "cser": lambda n, d: n**3 / d**4,
+    "ef21_sgd": None,                          # "–" (footnote *)
+}
+
+TRANSIENT_METHODS = tuple(_TRANSIENT)
+
+
+def transient_complexity(method: str, n: int, delta: float | None = None,
+                         omega: float | None = None) -> float | None:
+  """Transient complexity of a method of paper 001, Table 1.
+
+  The number of gradient queries (or communication rounds) T before the
+  linear-speedup term σ/√(nT) dominates the rate. Orders of magnitude only:
+  constants, logarithms, σ, b², G², L and Δ are dropped, as in the table.
+
+  ==================  =========================  ===========================
+  ``method``          source                     transient complexity
+  ==================  =========================  ===========================
+  ``lower_bound``     Thms 1–2, Cors 1–2         n/δ² (contractive),
+                                                 n(1 + ω)² (unbiased)
+  ``neolithic``       Thm 3, Cor 3               n/δ², n(1 + ω)² (up to logs)
+  ``q_sgd``           Q-SGD [32]                 None (not available)
+  ``mem_sgd``         MEM-SGD [53]               n³/δ⁴
+  ``double_squeeze``  Double Squeeze [57]        n³/δ⁸
+  ``cser``            CSER [62]                  n³/δ⁴
+  ``ef21_sgd``        EF21-SGD [25]              None (not available)
+  ==================  =========================  ===========================
+
+  Give δ (contractive compressors) or ω (unbiased ones). An ω is turned into
+  δ = 1/(1 + ω), the constant of the scaled compressor C/(1 + ω) (paper 001,
+  §2.3 and Cor. 3), so n/δ² = n(1 + ω)² as in the table's unbiased rows.
+
+  Note: Table 1's LB rows attribute the contractive rate 1/(δT) to
+  "Theorem 1+Corollary 1" and the unbiased rate (1 + ω)/T to "Theorem
+  2+Corollary 2"; in the text Thm 1 is the unbiased bound (eq. 3) and Thm 2
+  the contractive one (eq. 4). The counts are the same either way.
+
+  Args:
+    method: one of ``TRANSIENT_METHODS``.
+    n: number of workers, >= 1.
+    delta: δ ∈ (0, 1] of a contractive compressor.
+    omega: ω >= 0 of an unbiased compressor. Give exactly one of the two.
+
+  Returns:
+    The transient complexity as a float, or None where Table 1 has "–".
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.transient_complexity("neolithic", 8, delta=0.5)
+    32.0
+    >>> theory.transient_complexity("lower_bound", 8, omega=1.0)
+    32.0
+
+  References:
+    [001] Huang, Chen, Yin, Yuan, Table 1, Theorems 1–3, Corollaries 1–3.
+    https://arxiv.org/abs/2206.03665
+  """
+  owner = "transient_complexity"
+  if method not in _TRANSIENT:
+    raise ValueError(f"{owner}: `method` must be one of {TRANSIENT_METHODS}; "
+                     f"got {method!r}")
+  n = _int(n, "n", owner)
+  if (delta is None) == (omega is None):
+    raise ValueError(f"{owner}: give exactly one of `delta` (contractive) and "
+                     f"`omega` (unbiased); got delta={delta!r}, omega={omega!r}")
+  if delta is not None:
+    d = _delta(delta, owner)
+  else:
+    d = 1.0 / (1.0 + _omega(omega, owner))
+  fn = _TRANSIENT[method]
+  return None if fn is None else float(fn(n, d))
