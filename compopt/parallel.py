@@ -128,7 +128,7 @@ def per_worker(fn: Callable) -> Callable:
 
 
 def shard_map(fn: Callable, mesh: jax.sharding.Mesh, axis_name: str = "data",
-              *, jit: bool = True) -> Callable:
+              *, jit: bool = True, check_vma: bool = False) -> Callable:
   """``fn`` (the step of one worker) run on every device of a mesh axis.
 
   All arguments and outputs are stacked trees with a leading worker axis of
@@ -140,6 +140,9 @@ def shard_map(fn: Callable, mesh: jax.sharding.Mesh, axis_name: str = "data",
     mesh: the device mesh, e.g. ``jax.make_mesh((8,), ("data",))``.
     axis_name: the mesh axis of the workers.
     jit: wrap in ``jax.jit`` (default).
+    check_vma: passed to ``jax.shard_map``. Off by default: some compressors
+      (``rand_k_wangni``, ``nu_rand_1``) run a ``lax.while_loop`` whose carry
+      starts replicated and becomes per-device, which the check rejects.
 
   Returns:
     A function of stacked arguments returning stacked outputs.
@@ -149,7 +152,7 @@ def shard_map(fn: Callable, mesh: jax.sharding.Mesh, axis_name: str = "data",
         f"shard_map: the mesh has no axis {axis_name!r}; its axes are "
         f"{tuple(mesh.axis_names)}")
   mapped = jax.shard_map(per_worker(fn), mesh=mesh, in_specs=P(axis_name),
-                         out_specs=P(axis_name))
+                         out_specs=P(axis_name), check_vma=check_vma)
   if jit:
     mapped = jax.jit(mapped)
 
