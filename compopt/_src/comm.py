@@ -196,8 +196,7 @@ def worker_key(key, axis_name):
 def _to_bytes(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
-  if np.dtype(x.dtype).itemsize == 1:
-    return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
+  # itemsize 1: same shape; wider types gain a trailing axis of itemsize bytes
   return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
 
 
