@@ -3,6 +3,7 @@
 from compopt import compressors
 from compopt import parallel
 from compopt import sampling
+from compopt import theory
 from compopt._src.comm import Bits
 from compopt._src.comm import CommBits
 from compopt._src.comm import comm_bits
@@ -24,6 +25,18 @@ from compopt._src.methods.error_feedback import ef21_estimator
 from compopt._src.methods.error_feedback import ef_sgd
 from compopt._src.methods.error_feedback import ef_signsgd
 from compopt._src.methods.error_feedback import error_feedback
+from compopt._src.methods.comp_ams import ScaleByCompAmsState
+from compopt._src.methods.comp_ams import comp_ams
+from compopt._src.methods.comp_ams import scale_by_comp_ams
+from compopt._src.methods.comp_ams import worker_error_feedback
+from compopt._src.methods.neolithic import neolithic
+from compopt._src.methods.shifted import CompressedIteratesState
+from compopt._src.methods.shifted import ShiftedCompressionState
+from compopt._src.methods.shifted import dcgd_shift
+from compopt._src.methods.shifted import diana
+from compopt._src.methods.shifted import gdci
+from compopt._src.methods.shifted import rand_diana
+from compopt._src.methods.shifted import shifted_compression
 from compopt.compressors import Compressor
 
 __version__ = "0.1.0"
@@ -31,15 +44,21 @@ __version__ = "0.1.0"
 __all__ = (
     "Bits",
     "CommBits",
+    "CompressedIteratesState",
     "CompressedMeanState",
     "Compressor",
     "DoubleSqueezeState",
     "EF21State",
     "ErrorFeedbackState",
+    "ScaleByCompAmsState",
+    "ShiftedCompressionState",
     "comm_bits",
+    "comp_ams",
     "compressed_mean",
     "compressors",
+    "dcgd_shift",
     "dcsgd",
+    "diana",
     "double_squeeze",
     "double_squeeze_estimator",
     "ef21",
@@ -47,11 +66,18 @@ __all__ = (
     "ef_sgd",
     "ef_signsgd",
     "error_feedback",
+    "gdci",
     "majority_vote",
+    "neolithic",
     "parallel",
     "psgd",
+    "rand_diana",
     "sampling",
+    "scale_by_comp_ams",
     "scaled_signsgd",
+    "shifted_compression",
     "signsgd",
     "signum",
+    "theory",
+    "worker_error_feedback",
 )

@@ -377,3 +377,42 @@ def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
     # where, not a product: a non-member's zero payload may decode to NaN.
     out.append(jnp.sum(jnp.where(w > 0, d * w, 0), axis=0))
   return finish(out, own, sent)
+
+
+def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
+                owner: str = "member_mean"):
+  """(1/n) Σ_{i∈S} x_i: the members of a sampled set S send x_i uncompressed.
+
+  For updates that only some workers make in a round (Rand-DIANA's shift
+  refresh): S is drawn from ``key``, common to all workers, so everyone knows
+  who sends; there is no 1/p_i reweighting.
+
+  Args:
+    tree: this worker's pytree x_i.
+    key: a key identical on every worker.
+    axis_name: the worker axis, or None for one worker.
+    sampling: how S is drawn (e.g. ``compopt.sampling.independent(p)``).
+    owner: the name used in error messages.
+
+  Returns:
+    ``(mean, own, sent)``: (1/n) Σ_{i∈S} x_i (float32 leaves), this worker's
+    contribution 1[i∈S]·x_i (in x_i's dtype) and a :class:`CommBits` increment.
+    Bits: a member sends its D dense bits once and every worker receives the
+    D bits of each other member (the physical collective is an all-reduce of
+    the zero-padded vectors, which XLA needs for its static shapes).
+  """
+  n, i = axis_info(axis_name, owner)
+  mask, _ = sampling.draw(key, n, owner)
+  member = mask[i]
+  leaves, treedef = jax.tree.flatten(tree)
+  own = [jnp.where(member, l, jnp.zeros_like(l)) for l in leaves]
+  dense_bits = sum(l.size * np.dtype(l.dtype).itemsize * 8 for l in leaves)
+  if axis_name is None:
+    summed, sent = own, CommBits(zero_bits().uplink, zero_bits().downlink)
+  else:
+    summed = _psum_packed(own, axis_name)
+    member_i = member.astype(jnp.int32)
+    others = jnp.sum(mask.astype(jnp.int32)) - member_i
+    sent = CommBits(mul64(member_i, dense_bits), mul64(others, dense_bits))
+  mean = [s.astype(jnp.float32) / n for s in summed]
+  return treedef.unflatten(mean), treedef.unflatten(own), sent

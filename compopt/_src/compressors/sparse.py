@@ -153,7 +153,10 @@ def wangni_probabilities(a: jax.Array, k: int) -> jax.Array:
     return lam_for(lam * a >= 1), count(lam), it + 1
 
   lam0 = lam_for(jnp.zeros(a.shape, bool))
-  init = (lam0, jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+  # Counters derived from `a`, so that under shard_map the loop carry varies
+  # over the same mesh axes from the first iteration on.
+  zero = jnp.zeros_like(a[0], jnp.int32)
+  init = (lam0, zero - 1, zero)
   lam, _, _ = lax.while_loop(cond, body, init)
   return jnp.where(a > 0, jnp.minimum(1, lam * a), 0)
 

@@ -1,0 +1,444 @@
+"""Shifted compression (paper 002): DCGD-SHIFT with fixed, optimal (star),
+DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from compopt._src import comm
+from compopt._src import sampling as sampling_lib
+from compopt._src import theory
+from compopt._src.compressors import base as cbase
+from compopt._src.compressors import combine
+from compopt._src.methods import _common
+
+SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
+
+
+def _zeros(params, dtype):
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+
+
+def _like(updates):
+  return jax.tree.map(lambda u: jax.ShapeDtypeStruct(u.shape, u.dtype), updates)
+
+
+def _unbiased_omega(compressor, updates, owner, name="compressor") -> float:
+  omega = cbase.tree_omega(compressor, _like(updates))
+  if omega is None:
+    raise ValueError(
+        f"{owner}: `{name}` must be unbiased (class U(ω)) for shifted compression"
+        f" (paper 002 Alg. 1); {compressor.name} has no ω. Put a biased compressor"
+        " in `shift_compressor` instead")
+  return omega
+
+
+def _check_fraction_or_none(value, name, owner):
+  if value is None:
+    return None
+  return cbase.check_fraction(value, name, owner)
+
+
+class ShiftedCompressionState(NamedTuple):
+  """State of :func:`shifted_compression`."""
+  count: jax.Array  # int32
+  key: jax.Array  # uint32[2], split every step, identical on all workers
+  shift: optax.Updates  # h_i, this worker's shift (DIANA, Rand-DIANA)
+  mean_shift: optax.Updates  # h = mean_i h_i, identical on every worker
+  bits: comm.CommBits
+
+
+def shifted_compression(
+    compressor,
+    *,
+    shift: str = "diana",
+    shift_compressor=None,
+    alpha: float | None = None,
+    p: float | None = None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    shift_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The shifted gradient estimator of DCGD-SHIFT (paper 002, Alg. 1).
+
+  Each worker sends m_i = Q(g_i − h_i); every worker gets the same estimator
+
+  .. math::
+
+    g = h + \frac1n \sum_i m_i, \qquad h = \frac1n\sum_i h_i,
+
+  and the shifts follow one of the rules of the paper:
+
+  * ``"fixed"`` (DCGD-FIXED, eq. 6): h_i given by the caller as the extra
+    argument ``shift=`` of ``update`` (zeros if absent: plain DCGD), with their
+    mean ``mean_shift=`` (compopt sends no dense shift).
+  * ``"star"`` (DCGD-STAR, eq. 8): h_i = ∇f_i(x*) + C_i(g_i − ∇f_i(x*)) from the
+    optimal local gradients, passed as ``optimal_shift=`` (mean
+    ``mean_optimal_shift=``, zero by default since Σ_i ∇f_i(x*) = 0). The
+    C_i part must reach the server, so worker i sends
+    C_i(g_i − h*_i) + Q(g_i − h_i): the induced compressor of
+    ``shift_compressor`` and ``compressor`` applied to g_i − h*_i.
+  * ``"diana"`` (eq. 10, eq. 11 without C_i): with c_i = C_i(g_i − h_i) and
+    m_i = Q(g_i − h_i − c_i), worker i sends c_i + m_i (the induced compressor,
+    paper 002 footnote 1; just m_i = Q(g_i − h_i) when C_i ≡ 0), the estimator
+    is g = h + mean_i(c_i + m_i), and h_i ← h_i + α(c_i + m_i),
+    h ← h + α mean_i(c_i + m_i): no traffic beyond the messages.
+  * ``"rand_diana"`` (eq. 12): h_i = ∇f_i(w_i), where with probability p the
+    reference point w_i moves to the current x, i.e. h_i ← g_i (the gradient
+    just computed). The refreshing workers send g_i − h_i uncompressed (counted
+    in the bits) so that h stays the mean on every worker. The refreshing set
+    is drawn from the shared key; each worker joins it independently.
+
+  Args:
+    compressor: Q, an unbiased compressor (class U(ω)).
+    shift: the shift rule, one of "fixed", "star", "diana", "rand_diana".
+    shift_compressor: C_i, an optional (biased, contractive) compressor for
+      the "star" and "diana" rules.
+    alpha: DIANA's shift step, default 1/(1 + ω(1 − δ)) (Thm 3), from ω of Q
+      and δ of C_i on the update tree.
+    p: Rand-DIANA's refresh probability, default 1/(ω + 1) (Thm 4).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    shift_dtype: dtype of h_i and h (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its output is g (chain it
+    with ``optax.scale_by_learning_rate``).
+
+  References:
+    Shulgin, Richtárik. Shifted compression framework: generalizations and
+    improvements, UAI 2022. https://arxiv.org/abs/2206.10452
+  """
+  owner = "shifted_compression"
+  _common.check_compressor(compressor, owner)
+  _common.check_axis_name(axis_name, owner)
+  if shift not in SHIFT_RULES:
+    raise ValueError(f"{owner}: `shift` must be one of {SHIFT_RULES}; got {shift!r}")
+  if shift_compressor is not None:
+    _common.check_compressor(shift_compressor, owner, "shift_compressor")
+    if shift not in ("star", "diana"):
+      raise ValueError(
+          f"{owner}: `shift_compressor` is used by the 'star' and 'diana' rules "
+          f"only; got shift={shift!r}")
+  alpha = _check_fraction_or_none(alpha, "alpha", owner)
+  p = _check_fraction_or_none(p, "p", owner)
+  if alpha is not None and shift != "diana":
+    raise ValueError(f"{owner}: `alpha` is DIANA's step; got shift={shift!r}")
+  if p is not None and shift != "rand_diana":
+    raise ValueError(f"{owner}: `p` is Rand-DIANA's probability; got shift={shift!r}")
+  # What worker i sends for g_i − h_i: Q, or C_i + Q(· − C_i) (footnote 1).
+  message = (compressor if shift_compressor is None
+             else combine.induced(shift_compressor, compressor))
+
+  def init_fn(params):
+    return ShiftedCompressionState(
+        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
+        shift=_zeros(params, shift_dtype), mean_shift=_zeros(params, shift_dtype),
+        bits=comm.zero_bits())
+
+  def extra_tree(extra_args, name, updates, default_zero):
+    value = extra_args.get(name)
+    if value is None:
+      if not default_zero:
+        raise ValueError(
+            f"{owner}: shift={shift!r} needs the extra argument `{name}=` of "
+            "update (a tree shaped like the updates)")
+      return _zeros(updates, shift_dtype)
+    _common.check_same_tree(value, updates, owner, name)
+    return jax.tree.map(lambda v: jnp.asarray(v, shift_dtype), value)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params
+    _common.check_same_tree(updates, state.shift, owner, "shift")
+    omega = _unbiased_omega(compressor, updates, owner)
+    next_key, step_key, refresh_key = jax.random.split(state.key, 3)
+    g32 = jax.tree.map(lambda g: g.astype(shift_dtype), updates)
+    shift_i, mean_shift = state.shift, state.mean_shift
+    if shift == "fixed":
+      shift_i = extra_tree(extra_args, "shift", updates, default_zero=True)
+      mean_shift = extra_tree(extra_args, "mean_shift", updates,
+                              default_zero="shift" not in extra_args)
+    elif shift == "star":
+      shift_i = extra_tree(extra_args, "optimal_shift", updates, default_zero=False)
+      mean_shift = extra_tree(extra_args, "mean_optimal_shift", updates, default_zero=True)
+    # m_i: the message for g_i − h_i (Alg. 1 line 7), sent in the update dtype.
+    diff = jax.tree.map(lambda g, h, u: (g - h).astype(u.dtype), g32, shift_i, updates)
+    mean_m, own_m, sent = comm.compressed_mean(
+        message, diff, step_key, axis_name, owner=owner, return_own=True)
+    # g = h + m   (Alg. 1 lines 11-12)
+    estimate = jax.tree.map(lambda h, m: h + m.astype(shift_dtype), mean_shift, mean_m)
+    new_shift, new_mean = state.shift, state.mean_shift
+    if shift == "diana":
+      delta = (0.0 if shift_compressor is None
+               else cbase.tree_delta(shift_compressor, _like(updates)) or 0.0)
+      a = alpha if alpha is not None else theory.diana_alpha(omega, delta)
+      # h_i ← h_i + α(c_i + m_i);  h ← h + α mean_i(c_i + m_i)   (eq. 10)
+      new_shift = jax.tree.map(lambda h, m: h + a * m.astype(shift_dtype), shift_i, own_m)
+      new_mean = jax.tree.map(lambda h, m: h + a * m.astype(shift_dtype), mean_shift, mean_m)
+    elif shift == "rand_diana":
+      prob = p if p is not None else theory.rand_diana_p(omega)
+      refresh = jax.tree.map(lambda g, h: g - h, g32, shift_i)  # ∇f_i(x^k) − h_i
+      mean_r, own_r, sent_r = comm.member_mean(
+          refresh, refresh_key, axis_name, sampling_lib.independent(prob), owner=owner)
+      # w_i ← x^k with probability p:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
+      new_shift = jax.tree.map(lambda h, r: h + r, shift_i, own_r)
+      new_mean = jax.tree.map(lambda h, r: h + r.astype(shift_dtype), mean_shift, mean_r)
+      sent = comm.add_bits(sent, sent_r)
+    out = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
+    return out, ShiftedCompressionState(
+        count=numerics.safe_increment(state.count), key=next_key, shift=new_shift,
+        mean_shift=new_mean, bits=comm.add_bits(state.bits, sent))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def dcgd_shift(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    shift: str = "diana",
+    shift_compressor=None,
+    alpha: float | None = None,
+    p: float | None = None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    shift_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""DCGD-SHIFT (paper 002, Alg. 1): x ← x − γ(h + mean_i Q(g_i − h_i)).
+
+  .. math::
+
+    m_i^k = \mathcal{Q}(\nabla f_i(x^k) - h_i^k), \quad
+    g^k = h^k + \frac1n\sum_i m_i^k, \quad x^{k+1} = x^k - \gamma g^k,
+
+  with the shift rule ``shift`` ("fixed", "star", "diana", "rand_diana"; see
+  :func:`shifted_compression`). The theory's step sizes are in
+  :mod:`compopt.theory` (``dcgd_fixed_step_size``, ``dcgd_star_step_size``,
+  ``diana_step_size``, ``rand_diana_step_size``).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    compressor: Q, unbiased.
+    shift: the shift rule.
+    shift_compressor: C_i for "star" and "diana" (optional, contractive).
+    alpha: DIANA's α (default 1/(1 + ω(1 − δ))).
+    p: Rand-DIANA's p (default 1/(ω + 1)).
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    shift_dtype: dtype of the shifts (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.dcgd_shift(0.1, compressor=compopt.compressors.rand_k(1),
+    ...                          shift="diana")
+    >>> state = opt.init(jnp.zeros(4))
+    >>> updates, state = opt.update(jnp.ones(4), state)
+    >>> updates.shape
+    (4,)
+
+  References:
+    Shulgin, Richtárik. Shifted compression framework: generalizations and
+    improvements, UAI 2022. https://arxiv.org/abs/2206.10452
+  """
+  return optax.chain(
+      shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
+                          alpha=alpha, p=p, axis_name=axis_name, key=key,
+                          shift_dtype=shift_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def diana(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    shift_compressor=None,
+    alpha: float | None = None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    shift_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""DIANA (Mishchenko et al., 2019), generalized as in paper 002, eq. 10.
+
+  .. math::
+
+    c_i = \mathcal{C}_i(g_i - h_i),\ m_i = \mathcal{Q}(g_i - h_i - c_i),\quad
+    g = h + \tfrac1n\textstyle\sum_i (c_i + m_i),\quad x \leftarrow x - \gamma g,
+
+    h_i \leftarrow h_i + \alpha (c_i + m_i), \quad
+    h \leftarrow h + \alpha\,\tfrac1n\textstyle\sum_i (c_i + m_i).
+
+  Without ``shift_compressor`` (C_i ≡ 0) this is the original DIANA (eq. 11).
+  α defaults to 1/(1 + ω(1 − δ)) (Thm 3). The shifts learn ∇f_i(x*), so DIANA
+  converges linearly to the exact optimum where DCGD stalls at a
+  neighbourhood of size ∝ Σ_i ‖∇f_i(x*)‖² (Thm 1).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule (Thm 3 bounds it:
+      ``compopt.theory.diana_step_size``).
+    compressor: Q, unbiased (U(ω)).
+    shift_compressor: C_i, optional contractive (B(δ)) compressor.
+    alpha: the shift step α.
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    shift_dtype: dtype of the shifts (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.diana(0.1, compressor=compopt.compressors.rand_k(2))
+    >>> state = opt.init(jnp.zeros(4))
+    >>> updates, state = opt.update(jnp.ones(4), state)
+
+  References:
+    Mishchenko, Gorbunov, Takáč, Richtárik. Distributed learning with
+    compressed gradient differences, 2019. https://arxiv.org/abs/1901.09269
+
+    Shulgin, Richtárik. Shifted compression framework: generalizations and
+    improvements, UAI 2022 (Thm 3). https://arxiv.org/abs/2206.10452
+  """
+  return dcgd_shift(learning_rate, compressor=compressor, shift="diana",
+                    shift_compressor=shift_compressor, alpha=alpha,
+                    axis_name=axis_name, key=key, shift_dtype=shift_dtype)
+
+
+def rand_diana(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    p: float | None = None,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+    shift_dtype=jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rand-DIANA (paper 002, eq. 12 and Thm 4).
+
+  .. math::
+
+    g = h + \tfrac1n\textstyle\sum_i \mathcal{Q}(g_i - h_i),\quad
+    x \leftarrow x - \gamma g,\quad
+    h_i \leftarrow \begin{cases} \nabla f_i(x) & \text{w.p. } p\\ h_i &
+    \text{w.p. } 1 - p\end{cases}
+
+  The refreshing workers send their new shift uncompressed (on average p
+  dense vectors per worker and step, counted in the bits). p defaults to
+  1/(ω + 1) (Thm 4's choice, which matches DIANA's complexity).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule
+      (``compopt.theory.rand_diana_step_size``).
+    compressor: Q, unbiased (U(ω)).
+    p: refresh probability in (0, 1].
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    shift_dtype: dtype of the shifts (float32 by default).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.rand_diana(0.1, compressor=compopt.compressors.rand_k(2))
+    >>> state = opt.init(jnp.zeros(4))
+    >>> updates, state = opt.update(jnp.ones(4), state)
+
+  References:
+    Shulgin, Richtárik. Shifted compression framework: generalizations and
+    improvements, UAI 2022 (eq. 12, Thm 4). https://arxiv.org/abs/2206.10452
+  """
+  return dcgd_shift(learning_rate, compressor=compressor, shift="rand_diana", p=p,
+                    axis_name=axis_name, key=key, shift_dtype=shift_dtype)
+
+
+class CompressedIteratesState(NamedTuple):
+  """State of :func:`gdci`."""
+  count: jax.Array
+  key: jax.Array
+  bits: comm.CommBits
+
+
+def gdci(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    compressor,
+    eta: float,
+    axis_name: str | None = None,
+    key: jax.Array | int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Gradient descent with compressed iterates (GDCI, paper 002 §3.3, eq. 13).
+
+  .. math::
+
+    x^{k+1} = (1 - \eta) x^k + \eta\,\frac1n \sum_i \mathcal{Q}(x^k - \gamma \nabla f_i(x^k)).
+
+  Workers compress their local iterates x − γ∇f_i(x), not gradients. As an
+  optax update this is η(mean_i Q(x − γ g_i) − x), so ``update`` needs
+  ``params``. Thm 5 gives η and γ (``compopt.theory.gdci_eta``,
+  ``compopt.theory.gdci_step_size``).
+
+  Args:
+    learning_rate: γ, a float or an optax schedule.
+    compressor: Q, unbiased (U(ω)).
+    eta: η in (0, 1].
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.gdci(0.1, compressor=compopt.compressors.natural(), eta=0.5)
+    >>> params = jnp.ones(3)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(2 * params, state, params)
+
+  References:
+    Khaled, Richtárik. Gradient descent with compressed iterates, 2019.
+    https://arxiv.org/abs/1909.04716
+
+    Shulgin, Richtárik. Shifted compression framework: generalizations and
+    improvements, UAI 2022 (eq. 13, Thm 5). https://arxiv.org/abs/2206.10452
+  """
+  owner = "gdci"
+  _common.check_compressor(compressor, owner)
+  _common.check_axis_name(axis_name, owner)
+  eta = cbase.check_fraction(eta, "eta", owner)
+  schedule = learning_rate if callable(learning_rate) else None
+
+  def init_fn(params):
+    del params
+    return CompressedIteratesState(
+        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
+        bits=comm.zero_bits())
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(f"{owner}: compresses the iterates, so update needs `params`")
+    _common.check_same_tree(updates, params, owner, "params")
+    _unbiased_omega(compressor, updates, owner)
+    next_key, step_key = jax.random.split(state.key)
+    gamma = schedule(state.count) if schedule is not None else learning_rate
+    # z_i = x − γ ∇f_i(x), compressed and averaged
+    z = jax.tree.map(lambda x, g: (x.astype(jnp.float32) - gamma * g.astype(jnp.float32)
+                                   ).astype(g.dtype), params, updates)
+    mean_z, sent = comm.compressed_mean(compressor, z, step_key, axis_name, owner=owner)
+    # x⁺ − x = η(mean_i Q(z_i) − x)
+    out = jax.tree.map(lambda m, x, g: (eta * (m.astype(jnp.float32) - x.astype(jnp.float32))
+                                        ).astype(g.dtype), mean_z, params, updates)
+    return out, CompressedIteratesState(
+        count=numerics.safe_increment(state.count), key=next_key,
+        bits=comm.add_bits(state.bits, sent))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
