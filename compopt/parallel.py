@@ -128,7 +128,7 @@ def per_worker(fn: Callable) -> Callable:
 
 
 def shard_map(fn: Callable, mesh: jax.sharding.Mesh, axis_name: str = "data",
-              *, jit: bool = True, check_vma: bool = False) -> Callable:
+              *, jit: bool = True, check_vma: bool = True) -> Callable:
   """``fn`` (the step of one worker) run on every device of a mesh axis.
 
   All arguments and outputs are stacked trees with a leading worker axis of
@@ -140,9 +140,8 @@ def shard_map(fn: Callable, mesh: jax.sharding.Mesh, axis_name: str = "data",
     mesh: the device mesh, e.g. ``jax.make_mesh((8,), ("data",))``.
     axis_name: the mesh axis of the workers.
     jit: wrap in ``jax.jit`` (default).
-    check_vma: passed to ``jax.shard_map``. Off by default: some compressors
-      (``rand_k_wangni``, ``nu_rand_1``) run a ``lax.while_loop`` whose carry
-      starts replicated and becomes per-device, which the check rejects.
+    check_vma: passed to ``jax.shard_map`` (its check that values which vary
+      over the mesh axis are typed so); on by default.
 
   Returns:
     A function of stacked arguments returning stacked outputs.
