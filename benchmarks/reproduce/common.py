@@ -79,7 +79,7 @@ def stack_seeds(trees: Sequence[Any]):
 def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_fn: Callable,
              *, n: int, steps: int, seeds: Sequence[int] = (0,), chunks: int = 20,
              trace_fn: Callable | None = None, eval_fn: Callable | None = None,
-             progress: Progress | None = None):
+             progress: Progress | None = None, aux=None):
   """Runs ``steps`` steps of the method ``make_opt(seed)`` on ``n`` simulated
   workers, for every seed at once (vmap over seeds, vmap over workers).
 
@@ -91,8 +91,11 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
       is distinct per (seed, step, worker).
     trace_fn: params -> scalar or dict of scalars, recorded at every step
       (inside the compiled loop; keep it cheap).
-    eval_fn: params (numpy pytree of seed 0... of every seed) -> dict, called on
-      the host at the end of every chunk.
+    eval_fn: params (numpy pytree, leading seed axis) -> dict, called on the
+      host at the end of every chunk.
+    aux: optional per-seed data (leading axis = len(seeds)); then grad_fn
+      gets it as a fifth argument (e.g. a gradient scale, which for every
+      method here is the same as scaling its learning rate).
 
   Returns:
     dict with ``trace`` ({name: array (seeds, steps + 1)}), ``chunk_steps``
@@ -109,30 +112,33 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
   def as_dict(v):
     return v if isinstance(v, dict) else {"value": v}
 
-  def worker_step(x, s, i, k, t):
-    g = grad_fn(x, jax.random.fold_in(k, i), i, t)
+  def worker_step(x, s, i, k, t, a):
+    g = (grad_fn(x, jax.random.fold_in(k, i), i, t) if aux is None
+         else grad_fn(x, jax.random.fold_in(k, i), i, t, a))
     u, s = opt.update(g, s, x)
     return optax.apply_updates(x, u), s
 
-  vstep = jax.vmap(worker_step, in_axes=(0, 0, 0, None, None), axis_name=AXIS)
+  vstep = jax.vmap(worker_step, in_axes=(0, 0, 0, None, None, None), axis_name=AXIS)
   idx = jnp.arange(n)
 
   def first(x):
     return jax.tree.map(lambda a: a[0], x)
 
-  def chunk(x, s, kd, ts):
+  aux_arr = jnp.zeros(len(seeds)) if aux is None else aux
+
+  def chunk(x, s, kd, a, ts):
     k = jax.random.wrap_key_data(kd)
 
     def body(c, t):
       x, s = c
-      x, s = vstep(x, s, idx, jax.random.fold_in(k, t), t)
+      x, s = vstep(x, s, idx, jax.random.fold_in(k, t), t, a)
       out = as_dict(trace_fn(first(x))) if trace_fn else {}
       return (x, s), out
 
     (x, s), out = jax.lax.scan(body, (x, s), ts)
     return x, s, out
 
-  run_chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, None)))
+  run_chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)))
   bounds = np.linspace(0, steps, chunks + 1).round().astype(int)
   trace = None
   if trace_fn:
@@ -151,7 +157,7 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
   for a, b in zip(bounds[:-1], bounds[1:]):
     if b == a:
       continue
-    params, states, out = run_chunk(params, states, keys, jnp.arange(a, b))
+    params, states, out = run_chunk(params, states, keys, aux_arr, jnp.arange(a, b))
     if trace is not None:
       for k, v in out.items():
         trace[k].append(np.asarray(v))
