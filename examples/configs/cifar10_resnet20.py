@@ -1,0 +1,10 @@
+"""CIFAR-10 ResNet-20 (paper 001 Table 2)."""
+
+from examples.configs import cifar10_resnet18
+
+
+def get_config():
+  config = cifar10_resnet18.get_config()
+  config.model = "resnet20"
+  config.methods = ("psgd", "ef_topk", "neolithic")
+  return config

@@ -1,0 +1,353 @@
+"""Data-parallel training with a compopt method: ``train_and_evaluate``.
+
+The workers are the slots of a named axis, ``"data"``. Every array of the
+training state (params, BatchNorm statistics, each worker's optimizer state
+with its error buffers, shifts, keys and bit counters, each worker's dropout
+key) carries a leading worker axis. One worker's step is written once and
+mapped over that axis:
+
+* ``shard_map``: one worker per local device (``jax.shard_map`` over a
+  ``jax.make_mesh((n,), ("data",))``), on GPUs, TPUs or CPU devices;
+* ``vmap``: n simulated workers on one device (``jax.vmap(axis_name="data")``).
+
+``config.mode="auto"`` takes ``shard_map`` when there are at least n local
+devices. Each worker reads its own shard of the training set (``iid`` or split
+by ``label``); the batch of step t is a pure function of (seed, worker, t),
+so the data position is the step count.
+
+Outputs in ``workdir``: ``metrics.jsonl`` (one JSON object per log step),
+``config.json``, orbax checkpoints in ``checkpoints/``. A run finds the latest
+checkpoint in its workdir and continues from it exactly as if it had not
+stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import compopt
+from examples import input_pipeline
+from examples import methods
+from examples import models
+
+AXIS = "data"
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What ``train_and_evaluate`` returns."""
+  state: Any          # the stacked training state (worker axis first)
+  history: list       # the records written to metrics.jsonl
+  summary: dict       # final train loss, test accuracy, MB sent, wall time
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def resolve_mode(config) -> str:
+  mode, n = config.get("mode", "auto"), config.num_workers
+  if mode == "auto":
+    return "shard_map" if jax.local_device_count() >= n else "vmap"
+  if mode not in ("vmap", "shard_map"):
+    raise ValueError(f"unknown config.mode {mode!r}; choose auto, vmap or shard_map")
+  if mode == "shard_map" and jax.local_device_count() < n:
+    raise ValueError(
+        f"config.mode='shard_map' needs {n} local devices (one per worker) but there are "
+        f"{jax.local_device_count()}; use mode='vmap', fewer workers, or on CPU set "
+        f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python")
+  return mode
+
+
+def _normalize(images, mean, std):
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _augment(key, x):
+  """Random crop with 4-pixel zero padding and horizontal flip (CIFAR)."""
+  n, h, w, _ = x.shape
+  k1, k2, k3 = jax.random.split(key, 3)
+  padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  dy = jax.random.randint(k1, (n,), 0, 9)
+  dx = jax.random.randint(k2, (n,), 0, 9)
+  crop = jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), (h, w, im.shape[-1])))
+  x = crop(padded, dy, dx)
+  flip = jax.random.bernoulli(k3, 0.5, (n,))
+  return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+def create_train_state(config, model, tx, image_shape, n):
+  """The stacked training state: every leaf has a leading axis of n workers.
+
+  All workers start from the same params (one init key) and their own
+  dropout/augmentation key (``fold_in(key, worker)``).
+  """
+  root = jax.random.PRNGKey(config.seed)
+  init_key, data_key = jax.random.split(root)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  opt_state = tx.init(params)
+  rngs = jnp.stack([jax.random.fold_in(data_key, i) for i in range(n)])
+  return {
+      "params": compopt.parallel.stack(params, n),
+      "batch_stats": compopt.parallel.stack(batch_stats, n),
+      "opt_state": compopt.parallel.stack(opt_state, n),
+      "rng": rngs,
+  }
+
+
+def make_train_steps(config, model, tx, mean, std, mode, n):
+  """A jitted function running K steps of every worker:
+  ``(state, idx (n, K, B), images, labels) -> (state, losses (n, K), accs (n, K))``."""
+  augment = config.get("augment", False)
+
+  def one_worker(wstate, idx, images, labels):
+    def body(ws, idx_t):
+      rng, drop_key, aug_key = jax.random.split(ws["rng"], 3)
+      x = _normalize(images[idx_t], mean, std)
+      if augment:
+        x = _augment(aug_key, x)
+      y = labels[idx_t]
+
+      def loss_fn(params):
+        variables = {"params": params}
+        if ws["batch_stats"]:
+          variables["batch_stats"] = ws["batch_stats"]
+        logits, new_vars = model.apply(variables, x, train=True, rngs={"dropout": drop_key},
+                                       mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, (logits, new_vars.get("batch_stats", {}))
+
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          ws["params"])
+      updates, opt_state = tx.update(grads, ws["opt_state"], ws["params"])
+      params = optax.apply_updates(ws["params"], updates)
+      acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+      new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "rng": rng}
+      return new, (loss, acc)
+
+    wstate, (losses, accs) = jax.lax.scan(body, wstate, idx)
+    return wstate, losses, accs
+
+  if mode == "vmap":
+    mapped = jax.vmap(one_worker, in_axes=(0, 0, None, None), axis_name=AXIS)
+    return jax.jit(mapped, donate_argnums=(0,))
+
+  mesh = jax.make_mesh((n,), (AXIS,))
+
+  def block(wstate, idx, images, labels):  # each device holds one worker
+    squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
+    out = one_worker(squeeze(wstate), squeeze(idx), images, labels)
+    return jax.tree.map(lambda a: a[None], out)
+
+  mapped = jax.shard_map(block, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
+                         out_specs=P(AXIS), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def make_eval_fn(model, mean, std, batch_size):
+  """Loss and accuracy of worker 0's params on a whole split (with worker-
+  averaged BatchNorm running statistics)."""
+
+  @jax.jit
+  def eval_batch(params, batch_stats, images, labels, mask):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    logits = model.apply(variables, _normalize(images, mean, std), train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+  def evaluate(state, images, labels):
+    params = jax.tree.map(lambda a: a[0], state["params"])
+    batch_stats = jax.tree.map(lambda a: jnp.mean(a, 0), state["batch_stats"])
+    total_loss = total_correct = 0.0
+    n = len(labels)
+    for start in range(0, n, batch_size):
+      x, y = images[start:start + batch_size], labels[start:start + batch_size]
+      m = len(y)
+      mask = np.ones(batch_size, np.float32)
+      if m < batch_size:  # pad the last batch: one compiled shape
+        mask[m:] = 0
+        x = np.concatenate([x, np.zeros((batch_size - m,) + x.shape[1:], x.dtype)])
+        y = np.concatenate([y, np.zeros(batch_size - m, y.dtype)])
+      l, c = eval_batch(params, batch_stats, x, y, mask)
+      total_loss += float(l)
+      total_correct += float(c)
+    return total_loss / n, total_correct / n
+
+  return evaluate
+
+
+def megabytes_sent(opt_state) -> tuple[float, float]:
+  """Mean over workers of the MB (1e6 bytes) each sent (uplink) and received."""
+  bits = compopt.comm_bits(opt_state)
+  up = np.mean(bits.uplink) / 8e6
+  down = np.mean(bits.downlink) / 8e6
+  return float(up), float(down)
+
+
+def _checkpoint_manager(workdir):
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _read_history(path, upto_step):
+  """The records of an earlier run in ``path`` up to its checkpoint step."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if r["step"] <= upto_step]
+
+
+# ------------------------------------------------------------------------ main
+
+
+def train_and_evaluate(config, workdir: str) -> RunResult:
+  """Trains ``config.model`` on ``config.dataset`` with ``config.num_workers``
+  workers and the compopt method of ``config.method``; writes metrics and
+  checkpoints to ``workdir`` and resumes from its latest checkpoint.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` (see ``examples/configs/default.py``).
+    workdir: the directory for metrics, config and checkpoints.
+
+  Returns:
+    A :class:`RunResult`: the final stacked state, the metric records and a
+    summary (final train loss, test loss/accuracy, MB sent per worker, wall
+    time).
+  """
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  n = int(config.num_workers)
+  mode = resolve_mode(config)
+  ds = input_pipeline.load_dataset(config)
+  model = models.create_model(
+      config.model, ds.num_classes,
+      axis_name=AXIS if config.get("sync_batch_stats", False) else None)
+  tx = methods.make_optimizer(config, AXIS)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+  state = create_train_state(config, model, tx, ds.image_shape, n)
+  if mode == "shard_map":
+    mesh = jax.make_mesh((n,), (AXIS,))
+    state = compopt.parallel.shard(state, mesh, AXIS)
+    replicated = NamedSharding(mesh, P())
+    train_images = jax.device_put(ds.train_images, replicated)
+    train_labels = jax.device_put(ds.train_labels, replicated)
+  else:
+    train_images, train_labels = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
+
+  # Resume: params, every worker's optimizer state and key, the step (= the
+  # data position) come back from the latest checkpoint.
+  mngr = _checkpoint_manager(workdir)
+  step = 0
+  if mngr.latest_step() is not None:
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(
+        {"state": state, "step": 0, "data_position": 0}))
+    state, step = restored["state"], int(restored["step"])
+    if int(restored["data_position"]) != step:
+      raise ValueError(f"checkpoint in {workdir!r}: data position "
+                       f"{restored['data_position']} != step {step}")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history = _read_history(metrics_path, step)
+  with open(metrics_path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in history)
+
+  train_steps = make_train_steps(config, model, tx, ds.mean, ds.std, mode, n)
+  evaluate = make_eval_fn(model, ds.mean, ds.std, config.get("eval_batch_size", 1000))
+  shards = input_pipeline.partition(ds.train_labels, n, config.get("partition", "iid"),
+                                    config.seed)
+  steps_per_epoch = len(shards[0]) // config.batch_size
+  num_steps = int(config.num_steps)
+  log_every = int(config.get("log_every", 50))
+  eval_every = int(config.get("eval_every", 0)) or num_steps
+  ckpt_every = int(config.get("checkpoint_every", 0)) or num_steps
+  halt = int(config.get("halt_after_steps", 0) or 0)  # simulate a preemption
+  label = config.get("label", "") or config.method
+  elapsed0 = history[-1]["wall_time"] if history else 0.0
+
+  bar = None
+  if config.get("progress", True):
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=num_steps, initial=step, desc=label[:28], unit="step", leave=True,
+               dynamic_ncols=True)
+  losses, accs = [], []
+  while step < num_steps:
+    stop = min(num_steps, (step // log_every + 1) * log_every)
+    if halt and step < halt:
+      stop = min(stop, halt)
+    idx = input_pipeline.batch_indices(shards, config.batch_size, step, stop - step,
+                                       config.seed)
+    state, l, a = train_steps(state, idx, train_images, train_labels)
+    losses.append(np.asarray(l))
+    accs.append(np.asarray(a))
+    done = stop - step
+    step = stop
+    if bar is not None:
+      bar.update(done)
+    at_end = step == num_steps
+    if step % log_every == 0 or at_end or step == halt:
+      up, down = megabytes_sent(state["opt_state"])
+      record = {
+          "step": step, "epoch": step / steps_per_epoch,
+          "train_loss": float(np.mean(np.concatenate(losses, 1))),
+          "train_accuracy": float(np.mean(np.concatenate(accs, 1))),
+          "mb_sent": up, "mb_received": down,
+      }
+      if not np.isfinite(record["train_loss"]):
+        record["train_loss"] = float("nan")
+      losses, accs = [], []
+      if step % eval_every == 0 or at_end:
+        record["test_loss"], record["test_accuracy"] = evaluate(
+            state, ds.test_images, ds.test_labels)
+      record["wall_time"] = elapsed0 + time.time() - t0
+      history.append(record)
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      if bar is not None:
+        post = {"loss": f"{record['train_loss']:.3f}", "MB": f"{up:.1f}"}
+        if "test_accuracy" in record:
+          post["test_acc"] = f"{record['test_accuracy']:.3f}"
+        bar.set_postfix(post)
+    if step % ckpt_every == 0 or at_end or step == halt:
+      mngr.save(step, args=ocp.args.StandardSave(
+          {"state": state, "step": step, "data_position": step}))
+    if halt and step >= halt:
+      break
+  mngr.wait_until_finished()
+  mngr.close()
+  if bar is not None:
+    bar.close()
+
+  last = history[-1] if history else {}
+  evals = [r for r in history if "test_accuracy" in r]
+  summary = {
+      "label": label, "method": config.method, "compressor": config.get("compressor", ""),
+      "steps": step, "epochs": step / steps_per_epoch,
+      "train_loss": last.get("train_loss"),
+      "test_loss": evals[-1]["test_loss"] if evals else None,
+      "test_accuracy": evals[-1]["test_accuracy"] if evals else None,
+      "mb_sent": last.get("mb_sent"), "mb_received": last.get("mb_received"),
+      "wall_time": elapsed0 + time.time() - t0, "mode": mode, "workers": n,
+  }
+  return RunResult(state=state, history=history, summary=summary)
