@@ -1,5 +1,7 @@
 """The conformance suite of STYLE.md, run on every method (one worker)."""
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,23 @@ METHODS = {
     "scaled_signsgd": (compopt.scaled_signsgd, dict()),
     "ef21": (compopt.ef21, dict(compressor=C.natural(), key=2)),
     "double_squeeze": (compopt.double_squeeze, dict(compressor=C.top_k(2))),
+    "diana": (compopt.diana, dict(compressor=C.rand_k(2), key=4)),
+    "diana_top_k_shift": (compopt.diana, dict(compressor=C.natural(),
+                                              shift_compressor=C.top_k(1))),
+    "rand_diana": (compopt.rand_diana, dict(compressor=C.rand_k(2), p=0.5, key=5)),
+    "dcgd_fixed": (compopt.dcgd_shift, dict(compressor=C.rand_k(2), shift="fixed")),
+    "gdci": (compopt.gdci, dict(compressor=C.natural(), eta=0.5, key=6)),
+    # β's exact in float32, so that inject_hyperparams (float32 arrays) and
+    # Python floats give the same 1 − β.
+    "comp_ams": (compopt.comp_ams, dict(compressor=C.top_k(2), b1=0.75, b2=0.9375)),
+    "comp_ams_optax": (compopt.comp_ams, dict(compressor=C.top_k(2), b1=0.75, b2=0.9375,
+                                              optax_amsgrad=True)),
+    "neolithic": (compopt.neolithic, dict(compressor=C.top_k(1), rounds=2,
+                                          server_compressor=C.top_k(2))),
 }
+# dcgd_shift with shift="star" needs the extra argument optimal_shift= (tested
+# in test_shifted.py). gdci compresses the iterates, so its update needs params.
+NEEDS_PARAMS = {"gdci"}
 NAMES = sorted(METHODS)
 
 
@@ -75,7 +93,11 @@ def test_extra_args_are_tolerated(name):
   a, _ = opt.update(_grads(0), state, params)
   b, _ = opt.update(_grads(0), state, params, loss=jnp.float32(1.0), step=3)
   chex.assert_trees_all_equal(a, b)
-  opt.update(_grads(0), state)  # params are optional
+  if name in NEEDS_PARAMS:
+    with pytest.raises(ValueError, match="params"):
+      opt.update(_grads(0), state)
+  else:
+    opt.update(_grads(0), state)  # params are optional
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -122,7 +144,12 @@ def test_inside_multi_steps(name):
 def test_inject_hyperparams_gives_equal_results(name):
   factory, kwargs = METHODS[name]
   # Compressors and samplings are callable or objects: keep them static.
-  static = tuple(a for a in ("compressor", "sampling") if a in kwargs)
+  # Structural arguments (validated Python numbers, dtypes) too: optax would
+  # turn them into arrays, or call a dtype as if it were a schedule.
+  params = inspect.signature(factory).parameters
+  static = tuple(a for a in ("compressor", "sampling", "shift_compressor",
+                             "server_compressor", "rounds", "p", "eta", "shift_dtype")
+                 if a in kwargs or (a == "shift_dtype" and a in params))
   injected = optax.inject_hyperparams(factory, static_args=static)(0.1, **kwargs)
   p1, s1 = _run(injected)
   p2, s2 = _run(factory(0.1, **kwargs))

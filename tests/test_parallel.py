@@ -33,6 +33,18 @@ METHODS = {
     "ef21": lambda: compopt.ef21(0.1, compressor=C.natural(), axis_name=AXIS),
     "double_squeeze": lambda: compopt.double_squeeze(
         0.1, compressor=C.top_k(2), server_compressor=C.qsgd(4), axis_name=AXIS),
+    "diana": lambda: compopt.diana(0.1, compressor=C.rand_k(2), axis_name=AXIS, key=2),
+    "diana_top_k_shift": lambda: compopt.diana(0.1, compressor=C.natural(),
+                                               shift_compressor=C.top_k(1), axis_name=AXIS),
+    "rand_diana": lambda: compopt.rand_diana(0.1, compressor=C.rand_k(2), p=0.5,
+                                             axis_name=AXIS, key=3),
+    "dcgd_fixed": lambda: compopt.dcgd_shift(0.1, compressor=C.rand_k(2), shift="fixed",
+                                             axis_name=AXIS),
+    "gdci": lambda: compopt.gdci(0.1, compressor=C.natural(), eta=0.5, axis_name=AXIS),
+    "comp_ams": lambda: compopt.comp_ams(0.01, compressor=C.top_k(2), axis_name=AXIS),
+    "neolithic": lambda: compopt.neolithic(
+        0.1, compressor=C.scaled(C.rand_k(1), 0.2), rounds=3, server_compressor=C.top_k(2),
+        axis_name=AXIS),
 }
 
 
