@@ -79,7 +79,7 @@ def stack_seeds(trees: Sequence[Any]):
 def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_fn: Callable,
              *, n: int, steps: int, seeds: Sequence[int] = (0,), chunks: int = 20,
              trace_fn: Callable | None = None, eval_fn: Callable | None = None,
-             progress: Progress | None = None, aux=None):
+             progress: Progress | None = None, aux=None, post_fn: Callable | None = None):
   """Runs ``steps`` steps of the method ``make_opt(seed)`` on ``n`` simulated
   workers, for every seed at once (vmap over seeds, vmap over workers).
 
@@ -96,6 +96,8 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
     aux: optional per-seed data (leading axis = len(seeds)); then grad_fn
       gets it as a fifth argument (e.g. a gradient scale, which for every
       method here is the same as scaling its learning rate).
+    post_fn: params -> params applied after every update (e.g. a projection
+      onto a constraint set).
 
   Returns:
     dict with ``trace`` ({name: array (seeds, steps + 1)}), ``chunk_steps``
@@ -116,7 +118,8 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
     g = (grad_fn(x, jax.random.fold_in(k, i), i, t) if aux is None
          else grad_fn(x, jax.random.fold_in(k, i), i, t, a))
     u, s = opt.update(g, s, x)
-    return optax.apply_updates(x, u), s
+    x = optax.apply_updates(x, u)
+    return (post_fn(x) if post_fn else x), s
 
   vstep = jax.vmap(worker_step, in_axes=(0, 0, 0, None, None, None), axis_name=AXIS)
   idx = jnp.arange(n)

@@ -1,0 +1,31 @@
+"""The paper reproductions (benchmarks/reproduce) run end to end in --fast mode.
+
+A claim of a paper that does not reproduce is a FAIL row in results.md and
+makes the runner exit 1; that is a finding, not a broken build. This test
+fails when the runner crashes, an experiment raises, or an output is missing.
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png")
+
+
+def test_reproduce_fast(tmp_path):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)          # one host device is enough (and faster)
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.reproduce", "--fast", "--out", str(tmp_path)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode in (0, 1), proc.stderr[-3000:]
+  results = (tmp_path / "results.md").read_text()
+  assert "experiment crashed" not in results, results
+  for name in FIGURES:
+    assert (tmp_path / name).stat().st_size > 1000, name
+  rows = [l for l in results.splitlines() if l.startswith("| 00")]
+  assert len(rows) >= 10
+  assert all(l.rstrip().endswith(("| PASS |", "| FAIL |", "| INFO |")) for l in rows)
+  # exit status agrees with the table
+  assert (proc.returncode == 1) == any(l.rstrip().endswith("| FAIL |") for l in rows)
