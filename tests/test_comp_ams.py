@@ -151,10 +151,6 @@ def test_bad_b2_and_eps():
     compopt.comp_ams(0.1, compressor=C.top_k(1), eps=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "comp_ams(optax_amsgrad=True) passes b1/b2/eps to optax.scale_by_amsgrad "
-    "without the checks scale_by_comp_ams makes (compopt/_src/methods/comp_ams.py, "
-    "comp_ams: the `server = ...` line)"))
 def test_bad_b1_with_optax_amsgrad():
   with pytest.raises(ValueError, match="`b1` must be in \\[0, 1\\)"):
     compopt.comp_ams(0.1, compressor=C.top_k(1), b1=1.0, optax_amsgrad=True)

@@ -60,3 +60,22 @@ def check_same_tree(updates, buffer, owner: str, field: str):
           f"{jax.tree_util.keystr(path_u[0])} has shape {tuple(u.shape)} but "
           f"`state.{field}` holds shape {tuple(b.shape)} there (a state stacked "
           "per worker must be mapped over its leading axis first)")
+
+
+def resolve_dtype(value, name: str, owner: str):
+  """A dtype argument (``jnp.float32``, ``"bfloat16"``, ``np.float32``...) as a
+  NumPy dtype, or None.
+
+  ``optax.inject_hyperparams`` takes callables for schedules, so it turns a
+  scalar type such as ``jnp.float32`` into an array made by calling it; that
+  array's dtype is the dtype that was meant, and is what is used.
+  """
+  if value is None:
+    return None
+  if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
+    return np.dtype(value.dtype)
+  try:
+    return np.dtype(value)
+  except TypeError:
+    raise TypeError(f"{owner}: `{name}` must be a dtype (e.g. jnp.float32); "
+                    f"got {value!r}") from None

@@ -23,6 +23,17 @@ class ScaleByCompAmsState(NamedTuple):
   nu_max: optax.Updates  # v̂_t
 
 
+def _check_hyperparams(b1, b2, eps, owner):
+  # Traced values (under optax.inject_hyperparams) cannot be checked here.
+  if any(isinstance(v, jax.core.Tracer) for v in (b1, b2, eps)):
+    return
+  for name, value in (("b1", b1), ("b2", b2)):
+    if not 0.0 <= float(value) < 1.0:
+      raise ValueError(f"{owner}: `{name}` must be in [0, 1); got {value}")
+  if not float(eps) > 0.0:
+    raise ValueError(f"{owner}: `eps` must be > 0; got {eps}")
+
+
 def scale_by_comp_ams(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -54,11 +65,8 @@ def scale_by_comp_ams(
     An ``optax.GradientTransformationExtraArgs``.
   """
   owner = "scale_by_comp_ams"
-  for name, value in (("b1", b1), ("b2", b2)):
-    if not 0.0 <= float(value) < 1.0:
-      raise ValueError(f"{owner}: `{name}` must be in [0, 1); got {value}")
-  if not float(eps) > 0.0:
-    raise ValueError(f"{owner}: `eps` must be > 0; got {eps}")
+  _check_hyperparams(b1, b2, eps, owner)
+  mu_dtype = _common.resolve_dtype(mu_dtype, "mu_dtype", owner)
 
   def init_fn(params):
     def zeros(dtype=None):
@@ -166,6 +174,7 @@ def comp_ams(
   """
   owner = "comp_ams"
   _common.check_compressor(compressor, owner)
+  _check_hyperparams(b1, b2, eps, owner)
   if error_feedback:
     workers = worker_error_feedback(compressor, axis_name=axis_name, key=key,
                                     error_dtype=error_dtype)

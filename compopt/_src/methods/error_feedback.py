@@ -65,6 +65,7 @@ def error_feedback(
   owner = "error_feedback"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
 
   def init_fn(params):
     return ErrorFeedbackState(
@@ -229,6 +230,7 @@ def ef21_estimator(
   owner = "ef21"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  state_dtype = _common.resolve_dtype(state_dtype, "state_dtype", owner)
 
   def init_fn(params):
     return EF21State(
@@ -354,6 +356,7 @@ def double_squeeze_estimator(
       compressor if server_compressor is None else server_compressor, owner,
       "server_compressor")
   _common.check_axis_name(axis_name, owner)
+  error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
 
   def init_fn(params):
     return DoubleSqueezeState(

@@ -127,6 +127,7 @@ def shifted_compression(
           f"only; got shift={shift!r}")
   alpha = _check_fraction_or_none(alpha, "alpha", owner)
   p = _check_fraction_or_none(p, "p", owner)
+  shift_dtype = _common.resolve_dtype(shift_dtype, "shift_dtype", owner)
   if alpha is not None and shift != "diana":
     raise ValueError(f"{owner}: `alpha` is DIANA's step; got shift={shift!r}")
   if p is not None and shift != "rand_diana":
@@ -186,7 +187,8 @@ def shifted_compression(
       mean_r, own_r, sent_r = comm.member_mean(
           refresh, refresh_key, axis_name, sampling_lib.independent(prob), owner=owner)
       # w_i ← x^k with probability p:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
-      new_shift = jax.tree.map(lambda h, r: h + r, shift_i, own_r)
+      # where, not h + (g − h): the refreshed shift is g_i exactly.
+      new_shift = jax.tree.map(lambda h, g, r: jnp.where(r != 0, g, h), shift_i, g32, own_r)
       new_mean = jax.tree.map(lambda h, r: h + r.astype(shift_dtype), mean_shift, mean_r)
       sent = comm.add_bits(sent, sent_r)
     out = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
