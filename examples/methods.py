@@ -26,7 +26,10 @@ METHODS = ("psgd", "dcsgd", "ef_sgd", "ef_signsgd", "signsgd", "signum", "scaled
            "comp_ams", "neolithic")
 
 # Named setups: each is a partial config (label, method, compressor, step size).
-# K = 5% of the coordinates for the sparsifiers, as in paper 000 §5.
+# K = 5% of the coordinates for the sparsifiers, as in paper 000 §5. Methods
+# with a momentum argument (P-SGD, DCSGD) use heavy ball 0.9 (paper 000 §5.4)
+# and step 0.1; the others plain steps of 0.5 (from paper 000's grid 1, 0.5,
+# 0.1); COMP-AMS Adam-like 1e-3.
 PRESETS = {
     "psgd": dict(label="P-SGD", method="psgd", compressor="", learning_rate=0.1,
                  momentum=0.9),
@@ -34,13 +37,13 @@ PRESETS = {
                           compressor="induced(top_k(ratio=0.025), rand_k_wangni(ratio=0.025))",
                           learning_rate=0.1, momentum=0.9),
     "ef_topk": dict(label="EF-SGD top-5%", method="ef_sgd", compressor="top_k(ratio=0.05)",
-                    learning_rate=0.1, momentum=0.0),
+                    learning_rate=0.5, momentum=0.0),
     "diana": dict(label="DIANA natural", method="diana", compressor="natural()",
-                  learning_rate=0.1, momentum=0.0),
+                  learning_rate=0.5, momentum=0.0),
     "comp_ams": dict(label="COMP-AMS top-1%", method="comp_ams",
                      compressor="top_k(ratio=0.01)", learning_rate=1e-3, momentum=0.0),
     "neolithic": dict(label="NEOLITHIC top-5%, R=2", method="neolithic",
-                      compressor="top_k(ratio=0.05)", learning_rate=0.1, momentum=0.0,
+                      compressor="top_k(ratio=0.05)", learning_rate=0.5, momentum=0.0,
                       method_kwargs={"rounds": 2}),
     "ef_scaled_sign": dict(label="EF scaled-sign", method="ef_sgd",
                            compressor="scaled_sign()", learning_rate=0.1, momentum=0.0),

@@ -155,9 +155,17 @@ def make_train_steps(config, model, tx, mean, std, mode, n):
     out = one_worker(squeeze(wstate), squeeze(idx), images, labels)
     return jax.tree.map(lambda a: a[None], out)
 
-  mapped = jax.shard_map(block, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
-                         out_specs=P(AXIS), check_vma=False)
-  return jax.jit(mapped, donate_argnums=(0,))
+  mapped = jax.jit(jax.shard_map(block, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
+                                 out_specs=P(AXIS), check_vma=False), donate_argnums=(0,))
+  worker_sharded = NamedSharding(mesh, P(AXIS))
+  replicated = NamedSharding(mesh, P())
+
+  def run(state, idx, images, labels):
+    return mapped(compopt.parallel.shard(state, mesh, AXIS),
+                  jax.device_put(idx, worker_sharded),
+                  jax.device_put(images, replicated), jax.device_put(labels, replicated))
+
+  return run
 
 
 def make_eval_fn(model, mean, std, batch_size):
