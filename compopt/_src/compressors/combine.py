@@ -48,7 +48,8 @@ class Bernoulli(base.Compressor):
 
   def _encode(self, key, x):
     fire = jax.random.bernoulli(key, self.p)
-    return {"values": jnp.where(fire, x, jnp.zeros_like(x))}
+    # 0 * x, not zeros: an inf or NaN in x stays visible when nothing is sent.
+    return {"values": jnp.where(fire, x, 0 * x)}
 
   def _decode(self, payload, size, dtype, key):
     return payload["values"]

@@ -73,7 +73,8 @@ class Natural(base.Compressor):
 
 def _norm(a, p):
   """‖a‖_p for a ≥ 0, p ∈ {2, inf}, without overflow for large entries."""
-  amax = jnp.max(a)
+  # XLA's CPU max reduction can drop NaN under vmap (openxla/xla#21461).
+  amax = jnp.where(jnp.any(jnp.isnan(a)), jnp.nan, jnp.max(a))
   if p == 2:
     safe = jnp.where(amax > 0, amax, 1)
     scaled = jnp.where(jnp.isfinite(safe), a / safe, a)

@@ -36,7 +36,7 @@ class Sign(base.Compressor):
     del key
     ct = base.compute_dtype(x.dtype)
     l1 = jnp.sum(jnp.abs(x.astype(ct)))
-    scale = jnp.where(l1 == 0, 0, jnp.where(jnp.isnan(l1), jnp.nan, 1)).astype(ct)
+    scale = jnp.where(jnp.all(jnp.isfinite(x)), jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
     return {"signs": wire.pack_bits(x < 0), "scale": scale}
 
   def _decode(self, payload, size, dtype, key):

@@ -52,6 +52,12 @@ def uniform_subset(key, size: int, k: int) -> jax.Array:
   return lax.top_k(-scores, k)[1]
 
 
+def nonfinite_poison(x: jax.Array) -> jax.Array:
+  """0, or NaN if x holds an inf or NaN: added to the values a sparsifier
+  sends so that non-finite input is never hidden by not being sampled."""
+  return jnp.where(jnp.all(jnp.isfinite(x)), 0, jnp.nan).astype(x.dtype)
+
+
 def _sparse_wire_bits(k: int, size: int, dtype, with_indices: bool = True) -> int:
   bits = k * base.dtype_bits(dtype)
   if with_indices:
@@ -101,9 +107,10 @@ class RandK(base.Compressor):
 
   def _encode(self, key, x):
     idx = self._indices(key, x.size)
+    values = x[idx] + nonfinite_poison(x)
     if self.shared:
-      return {"values": x[idx]}
-    return {"values": x[idx], "indices": idx.astype(wire.index_dtype(x.size))}
+      return {"values": values}
+    return {"values": values, "indices": idx.astype(wire.index_dtype(x.size))}
 
   def _decode(self, payload, size, dtype, key):
     idx = self._indices(key, size) if self.shared else payload["indices"]
@@ -136,11 +143,11 @@ def wangni_probabilities(a: jax.Array, k: int) -> jax.Array:
 
   def lam_for(clipped):
     rest = jnp.sum(jnp.where(clipped, 0, a))
-    m = jnp.sum(clipped).astype(a.dtype)
+    m = jnp.sum(clipped, dtype=jnp.int32).astype(a.dtype)
     return jnp.where(rest > 0, (k - m) / jnp.where(rest > 0, rest, 1), jnp.inf)
 
   def count(lam):
-    return jnp.sum(lam * a >= 1)
+    return jnp.sum(lam * a >= 1, dtype=jnp.int32)
 
   def cond(state):
     lam, prev, it = state
@@ -211,9 +218,8 @@ class RandKWangni(base.Compressor):
     a = jnp.abs(x.astype(ct))
     p = wangni_probabilities(a, k)
     idx, valid, prob = systematic_sample(key, p, k)
-    # Non-finite input stays visible: 0 * inf and 0 * nan are nan.
-    poison = 0 * jnp.sum(a)
-    values = jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, prob, 1), 0) + poison
+    values = (jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, prob, 1), 0)
+              + nonfinite_poison(x).astype(ct))
     return {"values": values.astype(x.dtype),
             "indices": jnp.where(valid, idx, 0).astype(wire.index_dtype(x.size))}
 
