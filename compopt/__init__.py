@@ -7,6 +7,9 @@ from compopt import theory
 from compopt._src.comm import Bits
 from compopt._src.comm import CommBits
 from compopt._src.comm import comm_bits
+from compopt._src.faults import SkipNonfiniteState
+from compopt._src.faults import skip_nonfinite
+from compopt._src.faults import skipped_steps
 from compopt._src.methods.baselines import majority_vote
 from compopt._src.methods.baselines import scaled_signsgd
 from compopt._src.methods.baselines import signsgd
@@ -52,6 +55,7 @@ __all__ = (
     "ErrorFeedbackState",
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
+    "SkipNonfiniteState",
     "comm_bits",
     "comp_ams",
     "compressed_mean",
@@ -78,6 +82,8 @@ __all__ = (
     "shifted_compression",
     "signsgd",
     "signum",
+    "skip_nonfinite",
+    "skipped_steps",
     "theory",
     "worker_error_feedback",
 )

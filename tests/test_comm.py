@@ -180,9 +180,12 @@ def test_hlo_bytes_on_the_wire_for_a_million_parameters():
   dense_bytes = 4 * params
   got = {}
   for name, opt in {
-      "identity": compopt.dcsgd(0.1, compressor=C.identity(), axis_name=AXIS),
-      "top_k": compopt.ef_sgd(0.1, compressor=C.top_k(ratio=0.01), axis_name=AXIS),
-      "scaled_sign": compopt.ef_signsgd(0.1, axis_name=AXIS),
+      # the payload alone: without the 4-byte non-finite flag (test_faults.py)
+      "identity": compopt.dcsgd(0.1, compressor=C.identity(), axis_name=AXIS,
+                                skip_nonfinite=False),
+      "top_k": compopt.ef_sgd(0.1, compressor=C.top_k(ratio=0.01), axis_name=AXIS,
+                              skip_nonfinite=False),
+      "scaled_sign": compopt.ef_signsgd(0.1, axis_name=AXIS, skip_nonfinite=False),
   }.items():
     c = {"identity": C.identity(), "top_k": C.top_k(ratio=0.01),
          "scaled_sign": C.scaled_sign()}[name]
@@ -199,7 +202,8 @@ def test_hlo_bytes_on_the_wire_for_a_million_parameters():
 def test_hlo_has_one_collective_per_step():
   tree = {"a": jax.ShapeDtypeStruct((100,), jnp.float32),
           "b": jax.ShapeDtypeStruct((7, 3), jnp.bfloat16)}
-  text = step_hlo(compopt.dcsgd(0.1, compressor=C.natural(), axis_name=AXIS), tree)
+  text = step_hlo(compopt.dcsgd(0.1, compressor=C.natural(), axis_name=AXIS,
+                                skip_nonfinite=False), tree)
   lines = [l for l in text.splitlines()
            if any(f" {k}(" in l or f" {k}-start(" in l for k in hlo.COLLECTIVES)]
   assert len(lines) == 1, lines

@@ -260,6 +260,31 @@ def pmean_packed(tree, axis_name):
   return treedef.unflatten([s / n for s in summed])
 
 
+def has_nonfinite(tree) -> jax.Array:
+  """Whether any floating leaf of ``tree`` holds an inf or a NaN (a bool scalar,
+  this worker's own view; no collective)."""
+  flags = [jnp.logical_not(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) and jnp.size(l)]
+  if not flags:
+    return jnp.zeros((), jnp.bool_)
+  return jnp.any(jnp.stack(flags))
+
+
+def any_worker(flag, axis_name, *, owner: str = "any_worker") -> jax.Array:
+  """Whether ``flag`` is true on any worker of the axis: ONE all-reduce of a
+  single int32 (4 bytes), the same answer on every worker.
+
+  For decisions all workers must take together (e.g. skipping a step): reduce
+  the predicate first with this, then branch on the result. Not counted in
+  :class:`CommBits`, which count payloads.
+  """
+  flag = jnp.asarray(flag).astype(jnp.int32)
+  if axis_name is None:
+    return flag > 0
+  axis_info(axis_name, owner)  # a clear error when the axis is not bound
+  return lax.psum(flag, axis_name) > 0
+
+
 def _ring_bits(n: int, dense_bits: int) -> int:
   return (2 * (n - 1) * dense_bits) // n
 

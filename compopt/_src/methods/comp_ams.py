@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics
 
+from compopt._src import faults
 from compopt._src.methods import _common
 from compopt._src.methods import dcsgd as dcsgd_lib
 from compopt._src.methods import error_feedback as ef_lib
@@ -128,6 +129,7 @@ def comp_ams(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""COMP-AMS (paper 003, Alg. 2): compressed gradients with error feedback,
   averaged and fed to AMSGrad on the server.
@@ -159,6 +161,9 @@ def comp_ams(
     key: seed or PRNG key; split every step.
     error_dtype: dtype of e_i (float32 by default).
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -182,4 +187,5 @@ def comp_ams(
     workers = dcsgd_lib.compressed_mean(compressor, axis_name=axis_name, key=key)
   server = (optax.scale_by_amsgrad(b1=b1, b2=b2, eps=eps) if optax_amsgrad
             else scale_by_comp_ams(b1=b1, b2=b2, eps=eps))
-  return optax.chain(workers, server, optax.scale_by_learning_rate(learning_rate))
+  return faults.chain(workers, server, optax.scale_by_learning_rate(learning_rate),
+                      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)

@@ -9,6 +9,7 @@ import optax
 
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
+from compopt._src import faults
 from compopt._src.methods import _common
 from compopt._src.methods import error_feedback as ef_lib
 
@@ -22,6 +23,7 @@ def neolithic(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NEOLITHIC (paper 001, Alg. 2), uni- or bidirectional.
 
@@ -56,6 +58,9 @@ def neolithic(
     key: seed or PRNG key; split every step.
     error_dtype: dtype of δ_i and δ (float32 by default).
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -81,9 +86,9 @@ def neolithic(
   else:
     _common.check_compressor(server_compressor, owner, "server_compressor")
     server = combine.fcc(server_compressor, rounds)
-  return optax.chain(
+  return faults.chain(
       ef_lib.double_squeeze_estimator(workers, server_compressor=server,
                                       axis_name=axis_name, key=key,
                                       error_dtype=error_dtype),
       optax.scale_by_learning_rate(learning_rate),
-  )
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="neolithic")

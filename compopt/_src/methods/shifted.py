@@ -15,6 +15,7 @@ from compopt._src import sampling as sampling_lib
 from compopt._src import theory
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
+from compopt._src import faults
 from compopt._src.methods import _common
 
 SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
@@ -210,6 +211,7 @@ def dcgd_shift(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DCGD-SHIFT (paper 002, Alg. 1): x ← x − γ(h + mean_i Q(g_i − h_i)).
 
@@ -234,6 +236,9 @@ def dcgd_shift(
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -250,12 +255,12 @@ def dcgd_shift(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022. https://arxiv.org/abs/2206.10452
   """
-  return optax.chain(
+  return faults.chain(
       shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
                           alpha=alpha, p=p, axis_name=axis_name, key=key,
                           shift_dtype=shift_dtype),
       optax.scale_by_learning_rate(learning_rate),
-  )
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="dcgd_shift")
 
 
 def diana(
@@ -267,6 +272,7 @@ def diana(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DIANA (Mishchenko et al., 2019), generalized as in paper 002, eq. 10.
 
@@ -293,6 +299,9 @@ def diana(
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -311,7 +320,8 @@ def diana(
   """
   return dcgd_shift(learning_rate, compressor=compressor, shift="diana",
                     shift_compressor=shift_compressor, alpha=alpha,
-                    axis_name=axis_name, key=key, shift_dtype=shift_dtype)
+                    axis_name=axis_name, key=key, shift_dtype=shift_dtype,
+                    skip_nonfinite=skip_nonfinite)
 
 
 def rand_diana(
@@ -322,6 +332,7 @@ def rand_diana(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rand-DIANA (paper 002, eq. 12 and Thm 4).
 
@@ -345,6 +356,9 @@ def rand_diana(
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -359,7 +373,8 @@ def rand_diana(
     improvements, UAI 2022 (eq. 12, Thm 4). https://arxiv.org/abs/2206.10452
   """
   return dcgd_shift(learning_rate, compressor=compressor, shift="rand_diana", p=p,
-                    axis_name=axis_name, key=key, shift_dtype=shift_dtype)
+                    axis_name=axis_name, key=key, shift_dtype=shift_dtype,
+                    skip_nonfinite=skip_nonfinite)
 
 
 class CompressedIteratesState(NamedTuple):
@@ -376,6 +391,7 @@ def gdci(
     eta: float,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
+    skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient descent with compressed iterates (GDCI, paper 002 §3.3, eq. 13).
 
@@ -395,6 +411,9 @@ def gdci(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
 
+    skip_nonfinite: skip the step on every worker when any worker's input
+      holds inf/NaN, leaving the state as it was (see
+      :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -443,4 +462,5 @@ def gdci(
         count=numerics.safe_increment(state.count), key=next_key,
         bits=comm.add_bits(state.bits, sent))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return faults.chain(optax.GradientTransformationExtraArgs(init_fn, update_fn),
+                      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)

@@ -1,0 +1,194 @@
+"""Skipping steps with non-finite inputs, agreed by every worker.
+
+One worker's NaN must not poison the others (through the mean) nor stall them
+(a worker that skips a step its peers take leaves them waiting in a
+collective). :func:`skip_nonfinite` therefore
+
+1. checks its own input for inf/NaN;
+2. agrees with the other workers through ONE 4-byte all-reduce
+   (:func:`compopt._src.comm.any_worker`), so the decision is identical on
+   every worker;
+3. only then branches (``lax.cond`` on the agreed predicate): either every
+   worker runs the inner step, with all its collectives, or none does and the
+   inner state (error buffers, shifts, moments, keys, counts, bit counters)
+   is returned unchanged, with a zero update.
+
+So a skipped step leaves no trace except the counter of skipped steps: the
+steps that follow are bit for bit those of a run in which it never happened.
+The flag's all-reduce is control traffic and is not added to the payload bit
+counters (:class:`compopt.CommBits`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from optax._src import numerics
+
+from compopt._src import comm
+from compopt._src.methods import _common
+
+
+class SkipNonfiniteState(NamedTuple):
+  """State of :func:`skip_nonfinite` (and the last entry of a guarded chain)."""
+  skipped: jax.Array  # int32, steps skipped so far (all workers agree)
+  consecutive: jax.Array  # int32, skipped steps since the last applied one
+  inner_state: Any  # the wrapped transformation's state (None in a chain)
+
+
+def _varying(x) -> frozenset:
+  """The mesh axes a value varies over inside shard_map (empty elsewhere)."""
+  t = getattr(x, "manual_axis_type", None)
+  if t is None:
+    try:
+      t = getattr(jax.typeof(x), "manual_axis_type", None)
+    except TypeError:
+      t = None
+  return frozenset(getattr(t, "varying", ()) or ())
+
+
+def _cast_varying(tree, axes_tree):
+  """Marks each leaf as varying over the axes in ``axes_tree`` (shard_map's
+  type check wants both branches of a cond typed alike)."""
+  def cast(x, axes):
+    missing = tuple(sorted(axes - _varying(x)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+  return jax.tree.map(cast, tree, axes_tree)
+
+
+def _new_guard(inner_state):
+  return SkipNonfiniteState(skipped=jnp.zeros([], jnp.int32),
+                            consecutive=jnp.zeros([], jnp.int32), inner_state=inner_state)
+
+
+def _guarded_step(inner_update, updates, inner_state, guard, axis_name, owner,
+                  params, extra_args):
+  """One step of ``inner_update``, taken by all workers or skipped by all."""
+  bad = comm.any_worker(comm.has_nonfinite(updates), axis_name, owner=owner)
+
+  def apply(operands):
+    u, s, p = operands
+    return inner_update(u, s, p, **extra_args)
+
+  def skip(operands):
+    _, s, _ = operands
+    return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out_like[0]), s
+
+  operands = (updates, inner_state, params)
+  out_like = jax.eval_shape(apply, operands)
+  skip_like = jax.eval_shape(skip, operands)
+  axes = jax.tree.map(lambda a, b: _varying(a) | _varying(b), out_like, skip_like)
+  # The predicate is the same on every worker (it came out of an all-reduce),
+  # so the branch taken -- and so the collectives run -- is the same too.
+  new_updates, new_state = lax.cond(
+      bad, lambda o: _cast_varying(skip(o), axes), lambda o: _cast_varying(apply(o), axes),
+      operands)
+  skipped = guard.skipped + bad.astype(jnp.int32)
+  consecutive = jnp.where(bad, numerics.safe_increment(guard.consecutive), 0)
+  return new_updates, new_state, guard._replace(
+      skipped=skipped, consecutive=consecutive.astype(jnp.int32))
+
+
+def skip_nonfinite(
+    inner: optax.GradientTransformation,
+    *,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps ``inner`` so that a step with inf/NaN input on ANY worker is
+  skipped on ALL workers.
+
+  Like ``optax.apply_if_finite``, but collective-aware: the workers agree on
+  the decision with one 4-byte all-reduce over ``axis_name`` before the inner
+  step, so they take the same branch (``apply_if_finite`` alone deadlocks or
+  diverges when one worker skips a step whose collectives the others run).
+  On a skipped step the update is zero and ``inner``'s state is returned
+  exactly as it was; ``state.skipped`` counts such steps and
+  ``state.consecutive`` the ones since the last applied step.
+
+  Every compopt method applies this guard already (``skip_nonfinite=True``);
+  use this wrapper for your own compositions.
+
+  Args:
+    inner: the transformation to guard (it may use collectives over
+      ``axis_name``).
+    axis_name: the worker axis (``None``: one worker, no collective).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`SkipNonfiniteState` nesting ``inner``'s state.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp, optax
+    >>> tx = compopt.skip_nonfinite(optax.sgd(0.1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> u, state = tx.update(jnp.array([1., jnp.nan]), state)
+    >>> u, int(state.skipped)
+    (Array([0., 0.], dtype=float32), 1)
+  """
+  owner = "skip_nonfinite"
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(f"{owner}: `inner` must be an optax GradientTransformation; "
+                    f"got {inner!r}")
+  _common.check_axis_name(axis_name, owner)
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return _new_guard(inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, inner_state, guard = _guarded_step(
+        inner.update, updates, state.inner_state, state, axis_name, owner, params,
+        extra_args)
+    return new_updates, guard._replace(inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
+  """``optax.chain(*transforms)``, guarded as one step by :func:`skip_nonfinite`.
+
+  The state is ``optax.chain``'s tuple of states with a
+  :class:`SkipNonfiniteState` (``inner_state=None``) appended, so
+  ``state[i]`` is still the i-th transformation's state. With
+  ``skip_nonfinite=False`` this is exactly ``optax.chain``.
+  """
+  if not isinstance(skip_nonfinite, bool):
+    raise TypeError(f"{owner}: `skip_nonfinite` must be True or False; got "
+                    f"{skip_nonfinite!r}")
+  inner = optax.chain(*transforms)
+  if not skip_nonfinite:
+    return inner
+
+  def init_fn(params):
+    return tuple(inner.init(params)) + (_new_guard(None),)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    *inner_state, guard = state
+    new_updates, new_inner, guard = _guarded_step(
+        inner.update, updates, tuple(inner_state), guard, axis_name, owner, params,
+        extra_args)
+    return new_updates, tuple(new_inner) + (guard,)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def skipped_steps(state) -> Any:
+  """The number of steps skipped for non-finite input, read from anywhere in
+  an optax state: an int, or a list of ints (one per worker) for a stacked
+  state. Raises ValueError if ``state`` has no guard."""
+  guards = [leaf for leaf in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, SkipNonfiniteState))
+      if isinstance(leaf, SkipNonfiniteState)]
+  if not guards:
+    raise ValueError(
+        "skipped_steps: found no SkipNonfiniteState in `state`; build the method "
+        "with skip_nonfinite=True (the default) or wrap it in compopt.skip_nonfinite")
+  total = sum(np.asarray(g.skipped).astype(np.int64) for g in guards)
+  if total.ndim == 0:
+    return int(total)
+  return [int(v) for v in total.reshape(-1)]
