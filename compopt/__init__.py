@@ -1,5 +1,6 @@
 """compopt: communication-compressed distributed optimizers for JAX and optax."""
 
+from compopt import checkpoint
 from compopt import compressors
 from compopt import parallel
 from compopt import sampling
@@ -11,6 +12,7 @@ from compopt._src.faults import SkipNonfiniteState
 from compopt._src.faults import skip_nonfinite
 from compopt._src.faults import skipped_steps
 from compopt._src.methods.baselines import majority_vote
+from compopt._src.reshard import reshard_state
 from compopt._src.methods.baselines import scaled_signsgd
 from compopt._src.methods.baselines import signsgd
 from compopt._src.methods.baselines import signum
@@ -56,6 +58,7 @@ __all__ = (
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
     "SkipNonfiniteState",
+    "checkpoint",
     "comm_bits",
     "comp_ams",
     "compressed_mean",
@@ -76,6 +79,7 @@ __all__ = (
     "parallel",
     "psgd",
     "rand_diana",
+    "reshard_state",
     "sampling",
     "scale_by_comp_ams",
     "scaled_signsgd",
