@@ -71,6 +71,12 @@ def resolve_mode(config) -> str:
   return mode
 
 
+def make_mesh(n):
+  """One worker per device on the axis "data" (Auto sharding, so that
+  evaluation can read worker 0's params with plain indexing)."""
+  return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def _normalize(images, mean, std):
   x = images.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
@@ -95,20 +101,22 @@ def create_train_state(config, model, tx, image_shape, n):
   All workers start from the same params (one init key) and their own
   dropout/augmentation key (``fold_in(key, worker)``).
   """
-  root = jax.random.PRNGKey(config.seed)
-  init_key, data_key = jax.random.split(root)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats", {})
-  opt_state = tx.init(params)
-  rngs = jnp.stack([jax.random.fold_in(data_key, i) for i in range(n)])
-  return {
-      "params": compopt.parallel.stack(params, n),
-      "batch_stats": compopt.parallel.stack(batch_stats, n),
-      "opt_state": compopt.parallel.stack(opt_state, n),
-      "rng": rngs,
-  }
+
+  @jax.jit
+  def init():  # one compiled function instead of dozens of eager ops
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return {
+        "params": compopt.parallel.stack(params, n),
+        "batch_stats": compopt.parallel.stack(batch_stats, n),
+        "opt_state": compopt.parallel.stack(tx.init(params), n),
+        "rng": jax.vmap(lambda i: jax.random.fold_in(data_key, i))(jnp.arange(n)),
+    }
+
+  return init()
 
 
 def make_train_steps(config, model, tx, mean, std, mode, n):
@@ -148,7 +156,7 @@ def make_train_steps(config, model, tx, mean, std, mode, n):
     mapped = jax.vmap(one_worker, in_axes=(0, 0, None, None), axis_name=AXIS)
     return jax.jit(mapped, donate_argnums=(0,))
 
-  mesh = jax.make_mesh((n,), (AXIS,))
+  mesh = make_mesh(n)
 
   def block(wstate, idx, images, labels):  # each device holds one worker
     squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
@@ -174,6 +182,8 @@ def make_eval_fn(model, mean, std, batch_size):
 
   @jax.jit
   def eval_batch(params, batch_stats, images, labels, mask):
+    params = jax.tree.map(lambda a: a[0], params)
+    batch_stats = jax.tree.map(lambda a: jnp.mean(a, 0), batch_stats)
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
@@ -183,8 +193,7 @@ def make_eval_fn(model, mean, std, batch_size):
     return jnp.sum(loss * mask), jnp.sum(correct * mask)
 
   def evaluate(state, images, labels):
-    params = jax.tree.map(lambda a: a[0], state["params"])
-    batch_stats = jax.tree.map(lambda a: jnp.mean(a, 0), state["batch_stats"])
+    params, batch_stats = state["params"], state["batch_stats"]
     total_loss = total_correct = 0.0
     n = len(labels)
     for start in range(0, n, batch_size):
@@ -257,7 +266,7 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
 
   state = create_train_state(config, model, tx, ds.image_shape, n)
   if mode == "shard_map":
-    mesh = jax.make_mesh((n,), (AXIS,))
+    mesh = make_mesh(n)
     state = compopt.parallel.shard(state, mesh, AXIS)
     replicated = NamedSharding(mesh, P())
     train_images = jax.device_put(ds.train_images, replicated)
