@@ -114,14 +114,10 @@ class Induced(base.Compressor):
     return omega2 * (1.0 - delta1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Scaled(base.Compressor):
-  """λ·C(x). For C ∈ U(ω): λ = 1/(1 + ω) gives B(1/(1 + ω)); in general
-  E‖λC(x) − x‖² = (1 − (2λ − λ²(1 + ω)))‖x‖², so δ = 2λ − λ²(1 + ω) when
-  positive."""
-  inner: base.Compressor = None
-  scale: float = 1.0
-  name: str = "scaled"
+class _Wrapper(base.Compressor):
+  """A compressor built on one ``inner`` compressor: it is randomized, and
+  needs the key to decode, exactly when ``inner`` does."""
+  inner: base.Compressor
 
   @property
   def randomized(self):
@@ -130,6 +126,16 @@ class Scaled(base.Compressor):
   @property
   def decode_needs_key(self):
     return self.inner.decode_needs_key
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled(_Wrapper):
+  """λ·C(x). For C ∈ U(ω): λ = 1/(1 + ω) gives B(1/(1 + ω)); in general
+  E‖λC(x) − x‖² = (1 − (2λ − λ²(1 + ω)))‖x‖², so δ = 2λ − λ²(1 + ω) when
+  positive."""
+  inner: base.Compressor = None
+  scale: float = 1.0
+  name: str = "scaled"
 
   def _encode(self, key, x):
     return self.inner._encode(key, x)
@@ -216,7 +222,7 @@ def scaled(c: base.Compressor, scale: float) -> Scaled:
 
 
 @dataclasses.dataclass(frozen=True)
-class FCC(base.Compressor):
+class FCC(_Wrapper):
   """R rounds of compressed communication (paper 001, Alg. 1) as a compressor.
 
   v⁰ = 0; for r < R: c^r = C(v* − v^r), v^{r+1} = v^r + c^r. The payload is the
@@ -227,14 +233,6 @@ class FCC(base.Compressor):
   inner: base.Compressor = None
   rounds: int = 1
   name: str = "fcc"
-
-  @property
-  def randomized(self):
-    return self.inner.randomized
-
-  @property
-  def decode_needs_key(self):
-    return self.inner.decode_needs_key
 
   def _round_key(self, key, r):
     return None if key is None else jax.random.fold_in(key, r)
