@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "diana": "benchmarks.reproduce.rand_diana_ridge",         # paper 002 §4
     "signsgd": "benchmarks.reproduce.ef_signsgd",             # paper 004 §3, §5.2, A.1
     "induced": "benchmarks.reproduce.induced_mnist",          # paper 000 §5.2–5.4 (MNIST)
+    "compams": "benchmarks.reproduce.comp_ams_mnist",         # paper 003 §5.1–5.2 (MNIST)
 }
 
 HEADER = ("| experiment | paper's claim | quantity measured | ours | verdict |\n"

@@ -1,0 +1,235 @@
+"""Paper 003 §5.1–5.2 on real MNIST: COMP-AMS with Top-k (1%, 0.1%) and
+Block-Sign, with and without error feedback, an unbiased sparsifier without
+EF, against full-gradient AMSGrad on one worker (Fig. 1); and the linear
+speedup of COMP-AMS with Top-k 1% for n = 1, 2, 4, 8 workers (Fig. 2)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import optax
+
+import compopt
+from compopt import compressors as C
+from benchmarks.reproduce import common
+from benchmarks.reproduce import mnist_mlp
+from benchmarks.reproduce.common import Row, check
+
+NAME = "compams"
+TITLE = "paper 003 §5.1–5.2, COMP-AMS on MNIST: error feedback and linear speedup"
+AX = common.AXIS
+BATCH_51, BATCH_52 = 200, 100
+LRS = (1e-4, 3e-4, 1e-3)        # §5.1 grid (the paper searches a finer one)
+WORKERS = (1, 2, 4, 8)
+LOSS_TARGET = 0.5               # §5.2: the paper's example ("to achieve 0.5 loss")
+LOSS_TARGET_LOW = 0.3           # §5.2, INFO only: a lower target (added after the first full run)
+MIN_RATIO = 3.0                 # §5.2 verdict: iterations(n=1)/iterations(n=8) ≥ 3
+ACC_TOL = 0.01                  # §5.1 "≈ full gradient": test accuracy within 1 point
+FULL = dict(steps=300, chunks=10, t1=1000, chunks52=40, workers=WORKERS, lrs=LRS)
+FAST = dict(steps=10, chunks=1, t1=40, chunks52=2, workers=(1, 2), lrs=(1e-3,))
+
+NOTES = f"""\
+- Data: full MNIST, as in the `induced` experiment (one permutation, n equal
+  shards, batches drawn uniformly with replacement from a worker's shard).
+  "Training loss" = loss of the current model on a fixed random 10k subset of
+  the training set; test accuracy on the full 10k test set.
+- Model: the 784-512-10 ReLU MLP instead of the paper's CNN (2 conv + 2 FC,
+  dropout): a documented substitution, for CPU time. No dropout.
+- §5.1 (one worker, batch {BATCH_51}, β₁ = 0.9, β₂ = 0.999, ε = 1e-8, the paper's
+  server step of Alg. 2 = `comp_ams`): full gradient = `comp_ams` with
+  `identity()`; Top-k = `top_k(ratio=0.01 / 0.001)`, Block-Sign =
+  `block_sign()` (one block per layer tensor), with EF (`error_feedback=True`)
+  and without; the unbiased sparsifier is `rand_k_wangni(ratio=0.01)` without
+  EF (Wangni et al.'s gradient sparsification, the same family as the paper's
+  MVSS: magnitude-proportional probabilities, rescaled to be unbiased).
+  Learning rate: the best of {LRS} per method (lowest final training
+  loss, averaged over the last two evaluations); the paper searches a finer grid
+  and averages 3 runs, we run one. {FULL['steps']} iterations
+  ({FULL['steps'] * BATCH_51 / 60000:.1f} epochs; the paper trains longer).
+- §5.2: COMP-AMS + Top-k 1% with EF, local batch {BATCH_52} (the paper's), η =
+  1e-4·√n, n ∈ {WORKERS}. n workers run T₁/√n iterations (T₁ = {FULL['t1']}),
+  enough to see any speedup ≥ √n; the training loss is evaluated
+  {FULL['chunks52']} times per run, so "iterations to loss {LOSS_TARGET}" is the first
+  evaluation at or below it (resolution T/{FULL['chunks52']}). Threshold and verdict fixed
+  before running: loss {LOSS_TARGET} (the paper's example) and PASS if iterations(n=1) /
+  iterations(n=8) ≥ {MIN_RATIO} (linear speedup would give 8; the paper reports
+  700/120 ≈ 5.8).
+- In --fast every row is INFO: the runs are far too short to judge a claim.
+"""
+
+
+def _ams(lr, c, ef, n):
+  """COMP-AMS with the learning rate as a hyperparameter in the state (so
+  that simulate's seed axis can carry a learning-rate grid)."""
+  return optax.inject_hyperparams(
+      compopt.comp_ams, static_args=("compressor", "error_feedback", "axis_name", "key"))(
+          learning_rate=lr, compressor=c, error_feedback=ef,
+          axis_name=AX if n > 1 else None, key=0)
+
+
+def _fin(o):
+  return float(np.mean(o["train_loss"][-2:]))
+
+
+def _methods(fast):
+  m = {"Full gradient": (C.identity(), False),
+       "TopK-EF-0.01": (C.top_k(ratio=0.01), True), "TopK-0.01": (C.top_k(ratio=0.01), False),
+       "TopK-EF-0.001": (C.top_k(ratio=0.001), True), "TopK-0.001": (C.top_k(ratio=0.001), False),
+       "BkSign-EF": (C.block_sign(), True), "BkSign": (C.block_sign(), False),
+       "Wangni-0.01": (C.rand_k_wangni(ratio=0.01), False)}
+  if fast:
+    m = {k: m[k] for k in ("TopK-EF-0.01", "TopK-0.01")}
+  return m
+
+
+def _steps_for(n, cfg):
+  ch = cfg["chunks52"]
+  return max(ch, ch * round(cfg["t1"] / math.sqrt(n) / ch))
+
+
+def run(out_dir: str, fast: bool = False) -> list[Row]:
+  cfg = FAST if fast else FULL
+  methods = _methods(fast)
+  prog = common.Progress(NAME, len(methods) * cfg["chunks"] + len(cfg["workers"]) * cfg["chunks52"])
+  n_train = len(mnist_mlp.load()[0])
+  eval_fn = mnist_mlp.make_eval_fn(n_train_eval=2000 if fast else mnist_mlp.N_EVAL_TRAIN,
+                                   n_test=2000 if fast else None)
+  x0 = mnist_mlp.init(jax.random.key(0))
+  lrs = cfg["lrs"]
+
+  # ---- §5.1: one worker, every method over the learning-rate grid at once
+  aux = mnist_mlp.aux_data(len(lrs))
+  g51 = mnist_mlp.make_grad_fn(1, BATCH_51, n_train)
+  s51 = {}
+  for name, (c, ef) in methods.items():
+    r = common.simulate(lambda s, c=c, ef=ef: _ams(lrs[s], c, ef, 1), x0, g51, n=1,
+                        steps=cfg["steps"], seeds=range(len(lrs)), chunks=cfg["chunks"],
+                        eval_fn=eval_fn, progress=prog, aux=aux)
+    tl, ta = mnist_mlp.series(r, "train_loss"), mnist_mlp.series(r, "test_acc")
+    fin = np.nan_to_num(tl[:, -2:].mean(1), nan=np.inf)
+    b = int(np.argmin(fin))
+    s51[name] = {"lr": lrs[b], "steps": r["chunk_steps"], "bits": r["uplink"][b],
+                 "train_loss": tl[b], "test_acc": ta[b], "final_by_lr": fin}
+  del aux
+
+  # ---- §5.2: linear speedup, Top-k 1% with EF, η = 1e-4 √n
+  aux = mnist_mlp.aux_data(1)
+  s52 = {}
+  for n in cfg["workers"]:
+    T = _steps_for(n, cfg)
+    r = common.simulate(lambda s, n=n: _ams(1e-4 * math.sqrt(n), C.top_k(ratio=0.01), True, n),
+                        x0, mnist_mlp.make_grad_fn(n, BATCH_52, n_train), n=n, steps=T,
+                        chunks=cfg["chunks52"], eval_fn=eval_fn, progress=prog, aux=aux)
+    tl = mnist_mlp.series(r, "train_loss")[0]
+    hit = np.nonzero(tl <= LOSS_TARGET)[0]
+    low = np.nonzero(tl <= LOSS_TARGET_LOW)[0]
+    s52[n] = {"steps": r["chunk_steps"], "train_loss": tl,
+              "iters_to_target": float(r["chunk_steps"][hit[0]]) if len(hit) else float("inf"),
+              "iters_to_low": float(r["chunk_steps"][low[0]]) if len(low) else float("inf")}
+  prog.close()
+
+  # ---- figure: §5.1 loss vs iterations, loss vs bits, test accuracy; §5.2 loss vs iterations
+  fig, ax = common.figure(4, width=4.6)
+  for name, o in s51.items():
+    style = "k-" if name == "Full gradient" else ("-" if "EF" in name else "--")
+    lab = f"{name} (η={o['lr']:g})"
+    ax[0].semilogy(o["steps"], o["train_loss"], style, label=lab)
+    ax[1].loglog(np.maximum(o["bits"], 1), o["train_loss"], style, label=lab)
+    ax[2].plot(o["steps"], o["test_acc"], style, label=lab)
+  ax[0].set_title("§5.1 (Fig. 1): one worker, batch 200", fontsize=9)
+  ax[0].set_xlabel("iterations")
+  ax[0].set_ylabel("training loss")
+  ax[1].set_xlabel("bits sent")
+  ax[1].set_ylabel("training loss")
+  ax[2].set_xlabel("iterations")
+  ax[2].set_ylabel("test accuracy")
+  ax[2].set_ylim(0.8, 1.0)
+  ax[0].legend(fontsize=6)
+  for n, o in s52.items():
+    ax[3].plot(o["steps"], o["train_loss"], label=f"n = {n} (η = {1e-4 * math.sqrt(n):.2g})")
+  ax[3].axhline(LOSS_TARGET, color="k", ls=":", lw=0.8)
+  ax[3].set_title("§5.2 (Fig. 2): COMP-AMS Top-k 0.01, local batch 100", fontsize=9)
+  ax[3].set_xlabel("iterations")
+  ax[3].set_ylabel("training loss")
+  ax[3].set_ylim(0, 2.5)
+  ax[3].legend(fontsize=7)
+  common.save(fig, common.out_path(out_dir, "comp_ams_mnist.png"),
+              "paper 003 §5.1–5.2 on MNIST (MLP 784-512-10 instead of the paper's CNN)")
+  rows_csv = []
+  for name, o in s51.items():
+    for j in range(len(o["steps"])):
+      rows_csv.append(["5.1", name, o["lr"], int(o["steps"][j]), float(o["bits"][j]),
+                       float(o["train_loss"][j]), float(o["test_acc"][j])])
+  for n, o in s52.items():
+    for j in range(len(o["steps"])):
+      rows_csv.append(["5.2", f"n={n}", 1e-4 * math.sqrt(n), int(o["steps"][j]), "",
+                       float(o["train_loss"][j]), ""])
+  common.write_csv(common.out_path(out_dir, "comp_ams_mnist.csv"),
+                   ["section", "method", "lr", "iteration", "bits_sent", "train_loss", "test_acc"],
+                   rows_csv)
+  common.write_json(common.out_path(out_dir, "comp_ams_mnist.json"),
+                    {"config": cfg, "s51": s51, "s52": {str(k): v for k, v in s52.items()}})
+
+  # ---- rows
+  verdict = (lambda ok: "INFO") if fast else check
+  T = cfg["steps"]
+  rows = []
+  fin = {k: _fin(o) for k, o in s51.items()}
+  acc = {k: float(o["test_acc"][-1]) for k, o in s51.items()}
+  pairs = [(c, c.replace("-EF", "")) for c in ("TopK-EF-0.01", "TopK-EF-0.001", "BkSign-EF")
+           if c in fin and c.replace("-EF", "") in fin]
+  if pairs:
+    rows.append(Row(
+        "003 §5.1 EF fixes", "without EF, compressed AMSGrad trains worse; EF fixes it",
+        f"final training loss after {T} it., with EF vs without (pass: with EF lower for each)",
+        "; ".join(f"{a} {fin[a]:.4f} vs {b} {fin[b]:.4f}" for a, b in pairs),
+        verdict(all(fin[a] < fin[b] for a, b in pairs)),
+        "Test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        + ". Learning rates chosen: " + ", ".join(f"{k} {o['lr']:g}" for k, o in s51.items())
+        + "."))
+  if "Full gradient" in fin:
+    ok_keys = [k for k in ("TopK-EF-0.01", "BkSign-EF") if k in fin]
+    rows.append(Row(
+        "003 §5.1 EF ≈ full", "with EF (Top-k 1%, Block-Sign), COMP-AMS matches full-gradient AMSGrad",
+        f"test accuracy after {T} it. (pass: within {ACC_TOL * 100:.0f} point of full gradient)",
+        f"full {acc['Full gradient']:.4f}; " + ", ".join(f"{k} {acc[k]:.4f}" for k in ok_keys)
+        + f" (train loss full {fin['Full gradient']:.4f}; "
+        + ", ".join(f"{k} {fin[k]:.4f}" for k in ok_keys) + ")",
+        verdict(all(acc[k] >= acc["Full gradient"] - ACC_TOL for k in ok_keys))))
+    rows.append(Row(
+        "003 §5.1 Top-k 1% vs 0.1%", "Top-k-EF-0.01 trains better than Top-k-EF-0.001",
+        f"final training loss after {T} it.",
+        f"{fin['TopK-EF-0.01']:.4f} vs {fin['TopK-EF-0.001']:.4f}",
+        verdict(fin["TopK-EF-0.01"] < fin["TopK-EF-0.001"])))
+    rows.append(Row(
+        "003 §5.1 unbiased sparsifier",
+        "the unbiased sparsifier (MVSS; here Rand-K Wangni 1%) without EF is outperformed by "
+        "Block-Sign-EF and Top-k-EF, even at 0.1%",
+        f"final training loss after {T} it.",
+        f"Wangni-0.01 {fin['Wangni-0.01']:.4f} vs BkSign-EF {fin['BkSign-EF']:.4f}, "
+        f"TopK-EF-0.001 {fin['TopK-EF-0.001']:.4f}",
+        verdict(fin["Wangni-0.01"] > max(fin["BkSign-EF"], fin["TopK-EF-0.001"])),
+        "Uplink bits per iteration: " + ", ".join(
+            f"{k} {o['bits'][-1] / T:.3g}" for k, o in s51.items()) + "."))
+  its = {n: o["iters_to_target"] for n, o in s52.items()}
+  ratio = its[1] / its[8] if 1 in its and 8 in its and np.isfinite(its[8]) else float("nan")  # --fast runs n = 1, 2 only
+  rows.append(Row(
+      "003 §5.2 linear speedup",
+      "iterations to a fixed training loss fall roughly as 1/n (n = 1, 2, 4, 8; η = 1e-4·√n)",
+      f"iterations to training loss {LOSS_TARGET}; ratio n=1 / n=8 (pass: ≥ {MIN_RATIO})",
+      ", ".join(f"n={n}: {v:g}" for n, v in its.items()) + f"; ratio {ratio:.2f}",
+      verdict(np.isfinite(ratio) and ratio >= MIN_RATIO),
+      "Iterations run: " + ", ".join(f"n={n}: {_steps_for(n, cfg)}" for n in s52)
+      + f". Paper (CNN): 700, 400, 240, 120 (ratio ≈ 5.8). With the MLP the loss reaches "
+      f"{LOSS_TARGET} within the first ~100 iterations, where AMSGrad's transient dominates."))
+  low = {n: o["iters_to_low"] for n, o in s52.items()}
+  rl = low[1] / low[8] if 1 in low and 8 in low and np.isfinite(low[8]) else float("nan")
+  rows.append(Row(
+      "003 §5.2 speedup (lower target)", "(same claim, a lower loss target, chosen after the first run)",
+      f"iterations to training loss {LOSS_TARGET_LOW}; ratio n=1 / n=8",
+      ", ".join(f"n={n}: {v:g}" for n, v in low.items()) + f"; ratio {rl:.2f}", "INFO",
+      "Not a verdict: this target was picked after seeing that 0.5 is reached in the "
+      "transient; it is reported to show how the ratio depends on the target."))
+  return rows
