@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png")
+FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png",
+           "induced_mnist.png", "comp_ams_mnist.png")
 
 
 def test_reproduce_fast(tmp_path):

@@ -53,7 +53,7 @@ def make_data(seed: int):
 
 
 def run(out_dir: str, fast: bool = False) -> list[Row]:
-  T = 800 if fast else 4000
+  T = 600 if fast else 4000
   data_seeds = (0, 1) if fast else (0, 1, 2)
   datas = [make_data(s) for s in data_seeds]
   A = jnp.stack([d[0] for d in datas])

@@ -65,7 +65,7 @@ def bits_to(errs, bits_per_step, log_eps):
 
 def run(out_dir: str, fast: bool = False) -> list[Row]:
   Ai, yi, lam, x_star, L_max, x0 = problem()
-  T = 2500 if fast else 12000
+  T = 1500 if fast else 12000
   log_eps = np.log(1e-2 if fast else 1e-5)
   qs, ss = ((0.1, 0.5), (2, 8)) if fast else (QS, SS)
   seeds = (0, 1, 2)
