@@ -30,6 +30,67 @@ def init_key(key, owner: str) -> jax.Array:
       f"uint32[2] jax.random.PRNGKey(...); got {key!r}")
 
 
+def _traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def check_key(key, owner: str):
+  """Checks the ``key`` argument when the method is built (not first at init)."""
+  if _traced(key):
+    return key
+  init_key(key, owner)
+  return key
+
+
+def check_bool(value, name: str, owner: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{owner}: `{name}` must be True or False; got {value!r}")
+  return bool(value)
+
+
+def check_interval(value, name: str, owner: str, low: float, high: float, *,
+                   low_open: bool = False, high_open: bool = False,
+                   allow_none: bool = False):
+  """A number in the interval; traced values (inject_hyperparams) pass."""
+  lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+  if high == float("inf"):
+    range_ = f"{'>' if low_open else '>='} {low:g}"
+  else:
+    range_ = f"in {lo}{low:g}, {high:g}{hi}"
+  range_ += " or None" if allow_none else ""
+  allowed = "a number " + range_
+  if value is None and allow_none:
+    return None
+  if _traced(value):
+    return value
+  if isinstance(value, (bool, str, bytes)):
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}")
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}") from None
+  ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+  if not ok:
+    raise ValueError(f"{owner}: `{name}` must be {range_}; got {value!r}")
+  return value
+
+
+def check_learning_rate(value, owner: str):
+  """A finite number >= 0 or an optax schedule (a callable)."""
+  if callable(value) or _traced(value):
+    return value
+  allowed = "a finite number >= 0 or an optax schedule (a callable of the step)"
+  if isinstance(value, (bool, str, bytes)):
+    raise TypeError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}")
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}") from None
+  if not (np.isfinite(v) and v >= 0):
+    raise ValueError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}")
+  return value
+
+
 def check_compressor(compressor, owner: str, name: str = "compressor"):
   if not isinstance(compressor, cbase.Compressor):
     raise TypeError(
@@ -73,9 +134,12 @@ def resolve_dtype(value, name: str, owner: str):
   if value is None:
     return None
   if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
-    return np.dtype(value.dtype)
+    value = value.dtype
+  allowed = "a floating dtype (float16, bfloat16, float32 or float64) or None"
   try:
-    return np.dtype(value)
+    dtype = np.dtype(value)
   except TypeError:
-    raise TypeError(f"{owner}: `{name}` must be a dtype (e.g. jnp.float32); "
-                    f"got {value!r}") from None
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {dtype}")
+  return dtype

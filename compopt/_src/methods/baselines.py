@@ -8,6 +8,7 @@ import optax
 
 from compopt._src import faults
 from compopt._src.compressors import sign as csign
+from compopt._src.methods import _common
 from compopt._src.methods import dcsgd as dcsgd_lib
 
 
@@ -67,6 +68,7 @@ def signsgd(
     optimisation for non-convex problems, ICML 2018.
     https://arxiv.org/abs/1802.04434
   """
+  _common.check_learning_rate(learning_rate, "signsgd")
   return faults.chain(
       dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),
       majority_vote(),
@@ -111,6 +113,8 @@ def signum(
     optimisation for non-convex problems, ICML 2018.
     https://arxiv.org/abs/1802.04434
   """
+  _common.check_learning_rate(learning_rate, "signum")
+  _common.check_interval(momentum, "momentum", "signum", 0.0, 1.0, high_open=True)
   return faults.chain(
       optax.ema(momentum, debias=False),  # m_i on the worker
       dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),

@@ -26,13 +26,10 @@ class ScaleByCompAmsState(NamedTuple):
 
 def _check_hyperparams(b1, b2, eps, owner):
   # Traced values (under optax.inject_hyperparams) cannot be checked here.
-  if any(isinstance(v, jax.core.Tracer) for v in (b1, b2, eps)):
-    return
-  for name, value in (("b1", b1), ("b2", b2)):
-    if not 0.0 <= float(value) < 1.0:
-      raise ValueError(f"{owner}: `{name}` must be in [0, 1); got {value}")
-  if not float(eps) > 0.0:
-    raise ValueError(f"{owner}: `eps` must be > 0; got {eps}")
+  _common.check_interval(b1, "b1", owner, 0.0, 1.0, high_open=True)
+  _common.check_interval(b2, "b2", owner, 0.0, 1.0, high_open=True)
+  _common.check_interval(eps, "eps", owner, 0.0, float("inf"), low_open=True,
+                         high_open=True)
 
 
 def scale_by_comp_ams(
@@ -180,6 +177,9 @@ def comp_ams(
   owner = "comp_ams"
   _common.check_compressor(compressor, owner)
   _check_hyperparams(b1, b2, eps, owner)
+  _common.check_learning_rate(learning_rate, owner)
+  _common.check_bool(error_feedback, "error_feedback", owner)
+  _common.check_bool(optax_amsgrad, "optax_amsgrad", owner)
   if error_feedback:
     workers = worker_error_feedback(compressor, axis_name=axis_name, key=key,
                                     error_dtype=error_dtype)

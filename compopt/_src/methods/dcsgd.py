@@ -69,6 +69,7 @@ def compressed_mean(
   owner = "compressed_mean"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  _common.check_key(key, owner)
   sampling = sampling_lib.resolve(sampling, owner)
 
   def init_fn(params):
@@ -90,7 +91,10 @@ def compressed_mean(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _momentum(momentum, nesterov):
+def _momentum(momentum, nesterov, owner):
+  _common.check_interval(momentum, "momentum", owner, 0.0, 1.0, high_open=True,
+                         allow_none=True)
+  _common.check_bool(nesterov, "nesterov", owner)
   if momentum is None:
     return optax.identity()
   return optax.trace(decay=momentum, nesterov=nesterov)
@@ -151,9 +155,10 @@ def dcsgd(
     communication-efficient distributed learning, ICLR 2021.
     https://arxiv.org/abs/2006.11077
   """
+  _common.check_learning_rate(learning_rate, "dcsgd")
   return faults.chain(
       compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key),
-      _momentum(momentum, nesterov),
+      _momentum(momentum, nesterov, "dcsgd"),
       optax.scale_by_learning_rate(learning_rate),
       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="dcsgd")
 
@@ -198,8 +203,9 @@ def psgd(
     Zinkevich, Weimer, Li, Smola. Parallelized stochastic gradient descent,
     NeurIPS 2010.
   """
+  _common.check_learning_rate(learning_rate, "psgd")
   return faults.chain(
       compressed_mean(combine.identity(), axis_name=axis_name),
-      _momentum(momentum, nesterov),
+      _momentum(momentum, nesterov, "psgd"),
       optax.scale_by_learning_rate(learning_rate),
       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="psgd")

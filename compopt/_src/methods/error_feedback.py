@@ -66,6 +66,7 @@ def error_feedback(
   owner = "error_feedback"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  _common.check_key(key, owner)
   error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
 
   def init_fn(params):
@@ -144,6 +145,7 @@ def ef_sgd(
     Stich, Cordonnier, Jaggi. Sparsified SGD with memory, NeurIPS 2018.
     https://arxiv.org/abs/1809.07599
   """
+  _common.check_learning_rate(learning_rate, "ef_sgd")
   return faults.chain(
       optax.scale_by_learning_rate(learning_rate),
       error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype),
@@ -239,6 +241,7 @@ def ef21_estimator(
   owner = "ef21"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  _common.check_key(key, owner)
   state_dtype = _common.resolve_dtype(state_dtype, "state_dtype", owner)
 
   def init_fn(params):
@@ -312,6 +315,7 @@ def ef21(
     and practically faster error feedback, NeurIPS 2021.
     https://arxiv.org/abs/2106.05203
   """
+  _common.check_learning_rate(learning_rate, "ef21")
   return faults.chain(
       ef21_estimator(compressor, axis_name=axis_name, key=key, state_dtype=state_dtype),
       optax.scale_by_learning_rate(learning_rate),
@@ -369,6 +373,7 @@ def double_squeeze_estimator(
       compressor if server_compressor is None else server_compressor, owner,
       "server_compressor")
   _common.check_axis_name(axis_name, owner)
+  _common.check_key(key, owner)
   error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
 
   def init_fn(params):
@@ -445,6 +450,7 @@ def double_squeeze(
     descent with double-pass error-compensated compression, ICML 2019.
     https://arxiv.org/abs/1905.05957
   """
+  _common.check_learning_rate(learning_rate, "double_squeeze")
   return faults.chain(
       double_squeeze_estimator(compressor, server_compressor=server_compressor,
                                axis_name=axis_name, key=key, error_dtype=error_dtype),

@@ -80,6 +80,7 @@ def neolithic(
   owner = "neolithic"
   _common.check_compressor(compressor, owner)
   rounds = cbase.check_positive_int(rounds, "rounds", owner)
+  _common.check_learning_rate(learning_rate, owner)
   workers = combine.fcc(compressor, rounds)
   if server_compressor is None:
     server = combine.identity()

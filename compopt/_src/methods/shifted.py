@@ -118,6 +118,7 @@ def shifted_compression(
   owner = "shifted_compression"
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
+  _common.check_key(key, owner)
   if shift not in SHIFT_RULES:
     raise ValueError(f"{owner}: `shift` must be one of {SHIFT_RULES}; got {shift!r}")
   if shift_compressor is not None:
@@ -255,6 +256,7 @@ def dcgd_shift(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022. https://arxiv.org/abs/2206.10452
   """
+  _common.check_learning_rate(learning_rate, "dcgd_shift")
   return faults.chain(
       shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
                           alpha=alpha, p=p, axis_name=axis_name, key=key,
@@ -435,6 +437,8 @@ def gdci(
   _common.check_compressor(compressor, owner)
   _common.check_axis_name(axis_name, owner)
   eta = cbase.check_fraction(eta, "eta", owner)
+  _common.check_learning_rate(learning_rate, owner)
+  _common.check_key(key, owner)
   schedule = learning_rate if callable(learning_rate) else None
 
   def init_fn(params):
