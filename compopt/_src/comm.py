@@ -394,7 +394,10 @@ def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
       sent = CommBits(mul64(member_i, nbits), mul64(m_members - member_i, nbits))
   payloads = unpack(gathered, spec)
   dec_key = compress_key if shared else None
-  decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
+  if jax.tree.leaves(payloads):
+    decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
+  else:  # only empty leaves: nothing was sent, and vmap needs an array
+    decoded = [jnp.zeros((n,) + l.shape, l.dtype) for l in like]
   out = []
   for d in decoded:
     d = d.astype(jnp.float32)

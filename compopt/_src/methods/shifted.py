@@ -30,7 +30,10 @@ def _like(updates):
 
 
 def _unbiased_omega(compressor, updates, owner, name="compressor") -> float:
-  omega = cbase.tree_omega(compressor, _like(updates))
+  if any(l.size for l in jax.tree.leaves(updates)):
+    omega = cbase.tree_omega(compressor, _like(updates))
+  else:  # nothing to compress: only whether C is unbiased matters
+    omega = 0.0 if compressor.unbiased else None
   if omega is None:
     raise ValueError(
         f"{owner}: `{name}` must be unbiased (class U(ω)) for shifted compression"
