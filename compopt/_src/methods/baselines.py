@@ -49,10 +49,10 @@ def signsgd(
   Args:
     learning_rate: γ, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -94,10 +94,10 @@ def signum(
     learning_rate: γ, a float or an optax schedule.
     momentum: β.
     axis_name: the worker axis (``None``: one worker).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -140,10 +140,10 @@ def scaled_signsgd(
     learning_rate: γ, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
     momentum: optional momentum on the aggregate.
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 

@@ -157,10 +157,10 @@ def comp_ams(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of e_i (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 

@@ -124,10 +124,10 @@ def ef_sgd(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffer e_i (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -175,10 +175,10 @@ def ef_signsgd(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffer (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -296,10 +296,10 @@ def ef21(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     state_dtype: dtype of g_i and g (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -431,10 +431,10 @@ def double_squeeze(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffers (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 

@@ -239,10 +239,10 @@ def dcgd_shift(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -303,10 +303,10 @@ def diana(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -360,10 +360,10 @@ def rand_diana(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
@@ -415,10 +415,10 @@ def gdci(
     eta: η in (0, 1].
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
-
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
