@@ -143,3 +143,9 @@ def resolve_dtype(value, name: str, owner: str):
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"{owner}: `{name}` must be {allowed}; got {dtype}")
   return dtype
+
+
+def zeros_like_tree(params, dtype=None):
+  """Zeros shaped like ``params`` (arrays or ShapeDtypeStructs), in ``dtype``
+  or, if None, each leaf's own dtype: the initial value of a buffer."""
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)

@@ -15,10 +15,6 @@ from compopt._src import faults
 from compopt._src.methods import _common
 
 
-def _zeros(params, dtype):
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
-
-
 class ErrorFeedbackState(NamedTuple):
   """State of :func:`error_feedback`."""
   count: jax.Array  # int32
@@ -72,7 +68,7 @@ def error_feedback(
   def init_fn(params):
     return ErrorFeedbackState(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        error=_zeros(params, error_dtype), bits=comm.zero_bits())
+        error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits())
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -247,7 +243,8 @@ def ef21_estimator(
   def init_fn(params):
     return EF21State(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        local=_zeros(params, state_dtype), shared=_zeros(params, state_dtype),
+        local=_common.zeros_like_tree(params, state_dtype),
+        shared=_common.zeros_like_tree(params, state_dtype),
         bits=comm.zero_bits())
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -379,8 +376,8 @@ def double_squeeze_estimator(
   def init_fn(params):
     return DoubleSqueezeState(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        worker_error=_zeros(params, error_dtype),
-        server_error=_zeros(params, error_dtype), bits=comm.zero_bits())
+        worker_error=_common.zeros_like_tree(params, error_dtype),
+        server_error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits())
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args

@@ -21,10 +21,6 @@ from compopt._src.methods import _common
 SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
 
 
-def _zeros(params, dtype):
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
-
-
 def _like(updates):
   return jax.tree.map(lambda u: jax.ShapeDtypeStruct(u.shape, u.dtype), updates)
 
@@ -144,7 +140,8 @@ def shifted_compression(
   def init_fn(params):
     return ShiftedCompressionState(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        shift=_zeros(params, shift_dtype), mean_shift=_zeros(params, shift_dtype),
+        shift=_common.zeros_like_tree(params, shift_dtype),
+        mean_shift=_common.zeros_like_tree(params, shift_dtype),
         bits=comm.zero_bits())
 
   def extra_tree(extra_args, name, updates, default_zero):
@@ -154,7 +151,7 @@ def shifted_compression(
         raise ValueError(
             f"{owner}: shift={shift!r} needs the extra argument `{name}=` of "
             "update (a tree shaped like the updates)")
-      return _zeros(updates, shift_dtype)
+      return _common.zeros_like_tree(updates, shift_dtype)
     _common.check_same_tree(value, updates, owner, name)
     return jax.tree.map(lambda v: jnp.asarray(v, shift_dtype), value)
 
