@@ -43,6 +43,8 @@ class Natural(base.Compressor):
 
   def _encode(self, key, x):
     ct = base.compute_dtype(x.dtype)
+    if ct == np.float32:
+      return self._encode_f32(key, x)
     fi = jnp.finfo(ct)
     emin = int(fi.minexp)  # smallest normal is 2**emin
     a = jnp.abs(x.astype(ct))
@@ -51,14 +53,34 @@ class Natural(base.Compressor):
     # lower power 2**(exp-1) has code exp - emin; code 0 is zero.
     low = jnp.where(normal, exp - emin, 0)
     p_up = jnp.where(normal, 2 * mant - 1, a / fi.tiny)
-    u = jax.random.uniform(key, a.shape, ct)
+    u = base.uniform(key, a.size, ct)
     code = low + (u < p_up)
     top = int(fi.maxexp) - emin + 1  # decodes to 2**maxexp = inf
     code = jnp.where(jnp.isfinite(a), code, top)
     return {"signs": wire.pack_bits(x < 0), "codes": code.astype(self._code_dtype(x.dtype))}
 
+  def _encode_f32(self, key, x):
+    """One fused pass on the bits of |x| as float32 (also for bf16/f16 input).
+
+    |x| = 2^(E−127)·(1 + m/2^23) for the exponent field E ≥ 1 and mantissa
+    field m (E = 0: subnormal, |x| = 2^−126·m/2^23). Rounding up with
+    probability m/2^23 = |x|/2^(E−127) − 1 is ``r < m`` for a uniform 23-bit
+    integer r, and the code is E or E + 1: the float32 exponent field of the
+    result (code 0 is zero, 255 is inf, which also carries inf/NaN input).
+    """
+    b = jax.lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float32)), jnp.uint32)
+    e, m = b >> 23, b & jnp.uint32(0x7FFFFF)
+    r = base.random_bits(key, x.size) >> 9
+    code = jnp.where(e == 255, jnp.uint32(255), e + (r < m).astype(jnp.uint32))
+    return {"signs": wire.pack_bits(x < 0), "codes": code.astype(jnp.uint8)}
+
   def _decode(self, payload, size, dtype, key):
     ct = base.compute_dtype(dtype)
+    if ct == np.float32:
+      # code << 23 is the float32 2^(code − 127) (0 for code 0, inf for 255).
+      sign = wire.unpack_bits(payload["signs"], size).astype(jnp.uint32) << 31
+      code = payload["codes"].astype(jnp.uint32) << 23
+      return jax.lax.bitcast_convert_type(sign | code, jnp.float32)
     emin = int(jnp.finfo(ct).minexp)
     code = payload["codes"].astype(jnp.int32)
     mag = jnp.where(code == 0, 0, jnp.ldexp(jnp.ones((), ct), code - 1 + emin))
@@ -71,15 +93,39 @@ class Natural(base.Compressor):
     return 1.0 / 8.0
 
 
-def _norm(a, p):
-  """‖a‖_p for a ≥ 0, p ∈ {2, inf}, without overflow for large entries."""
-  # XLA's CPU max reduction can drop NaN under vmap (openxla/xla#21461).
-  amax = jnp.where(jnp.any(jnp.isnan(a)), jnp.nan, jnp.max(a))
-  if p == 2:
-    safe = jnp.where(amax > 0, amax, 1)
-    scaled = jnp.where(jnp.isfinite(safe), a / safe, a)
-    return jnp.where(jnp.isfinite(safe), safe * jnp.sqrt(jnp.sum(scaled * scaled)), amax)
-  return amax
+def _amax(v):
+  """max_j |v_j| (NaN if v holds a NaN).
+
+  The reductions read ``v`` itself: were |v| shared with the elementwise pass
+  that follows, XLA would write it to memory for both (5× slower on a CPU).
+  XLA's CPU max reduction can drop NaN under vmap (openxla/xla#21461), hence
+  the explicit check.
+  """
+  return jnp.where(jnp.any(jnp.isnan(v)), jnp.nan, jnp.maximum(jnp.max(v), -jnp.min(v)))
+
+
+def _scaled_norm2(v):
+  """‖v‖₂ as amax·‖v/amax‖₂: no overflow or underflow, three passes."""
+  a = jnp.abs(v)
+  amax = _amax(v)
+  safe = jnp.where(amax > 0, amax, 1)
+  scaled = jnp.where(jnp.isfinite(safe), a / safe, a)
+  return jnp.where(jnp.isfinite(safe), safe * jnp.sqrt(jnp.sum(scaled * scaled)), amax)
+
+
+def _norm(v, p):
+  """‖v‖_p for p ∈ {2, inf}, without overflow for large entries.
+
+  The 2-norm is one pass, sqrt(Σ v²), unless Σ v² overflowed, underflowed
+  into the subnormals or met inf/NaN; then the scaled form is computed (in a
+  cond that takes ``v`` itself, so nothing is copied on the fast path).
+  """
+  if p != 2:
+    return _amax(v)
+  sumsq = jnp.sum(v * v)
+  tiny = jnp.finfo(v.dtype).tiny
+  plain = jnp.isfinite(sumsq) & ((sumsq >= tiny * 2.0**24) | (sumsq == 0))
+  return jax.lax.cond(plain, lambda v: jnp.sqrt(sumsq), _scaled_norm2, v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +145,21 @@ class Dithering(base.Compressor):
   def _encode(self, key, x):
     ct = base.compute_dtype(x.dtype)
     s = self.levels
-    a = jnp.abs(x.astype(ct))
-    nrm = _norm(a, self.norm)
+    xc = x.astype(ct)
+    nrm = _norm(xc, self.norm)
+    a = jnp.abs(xc)
     y = jnp.where(nrm > 0, a / jnp.where(nrm > 0, nrm, 1), 0)
-    u = jax.random.uniform(key, a.shape, ct)
-    if self.natural:
+    u = base.uniform(key, a.size, ct)
+    if self.natural and ct == np.float32:
+      # y = 2^(E−127)(1 + m/2^23): level 2^(E−127) has code E − 127 + s and
+      # the step up is taken with probability m/2^23 (as in natural()).
+      b = jax.lax.bitcast_convert_type(y, jnp.uint32)
+      e = (b >> 23).astype(jnp.int32)
+      small = y < 2.0 ** (1 - s)
+      low = jnp.where(small, 0, e - 127 + s)
+      p_up = jnp.where(small, y * 2.0 ** (s - 1),
+                       (b & jnp.uint32(0x7FFFFF)).astype(jnp.float32) * 2.0**-23)
+    elif self.natural:
       mant, exp = jnp.frexp(y)  # y = mant * 2**exp
       small = y < 2.0 ** (1 - s)
       low = jnp.where(small, 0, exp - 1 + s)  # code c >= 1 is level 2**(c - s)
@@ -113,6 +169,9 @@ class Dithering(base.Compressor):
       low = jnp.floor(t)
       p_up = t - low
     code = jnp.minimum(low + (u < p_up), s)  # y <= 1 up to round-off
+    code = code.astype(jnp.uint8 if s < 256 else jnp.uint32)
+    if wire.code_bits(s) > 1:  # one bit plane reads each code once anyway
+      code = base.materialize(code, x)
     return {"signs": wire.pack_bits(x < 0),
             "codes": wire.pack_codes(code, wire.code_bits(s)),
             "norm": nrm}
@@ -121,7 +180,12 @@ class Dithering(base.Compressor):
     nrm = payload["norm"]
     ct = nrm.dtype
     code = wire.unpack_codes(payload["codes"], size).astype(jnp.int32)
-    if self.natural:
+    if self.natural and ct == np.float32 and self.levels <= 126:
+      # 2^(c − s) as the float32 with exponent field c − s + 127 (>= 1 here).
+      pow2 = jax.lax.bitcast_convert_type(
+          (code - self.levels + 127).astype(jnp.uint32) << 23, jnp.float32)
+      level = jnp.where(code == 0, 0, pow2)
+    elif self.natural:
       level = jnp.where(code == 0, 0, jnp.ldexp(jnp.ones((), ct), code - self.levels))
     else:
       level = code.astype(ct) / self.levels

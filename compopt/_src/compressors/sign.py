@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 
 from compopt._src import wire
@@ -35,8 +36,12 @@ class Sign(base.Compressor):
   def _encode(self, key, x):
     del key
     ct = base.compute_dtype(x.dtype)
+    # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
+    # only then is the input checked element by element.
     l1 = jnp.sum(jnp.abs(x.astype(ct)))
-    scale = jnp.where(jnp.all(jnp.isfinite(x)), jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
+    finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.ones((), jnp.bool_),
+                          lambda v: jnp.all(jnp.isfinite(v)), x)
+    scale = jnp.where(finite, jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
     return {"signs": wire.pack_bits(x < 0), "scale": scale}
 
   def _decode(self, payload, size, dtype, key):
@@ -67,9 +72,12 @@ class BlockSign(base.Compressor):
     ct = base.compute_dtype(x.dtype)
     block, nblocks = self._blocks(x.size)
     a = jnp.abs(x.astype(ct))
-    a = jnp.pad(a, (0, block * nblocks - x.size)).reshape(nblocks, block)
+    full = x.size // block  # whole blocks, summed row by row; then the tail
+    sums = [jnp.sum(a[:full * block].reshape(full, block), axis=1)] if full else []
+    if full < nblocks:
+      sums.append(jnp.sum(a[full * block:])[None])
     counts = jnp.full((nblocks,), block, ct).at[-1].set(x.size - block * (nblocks - 1))
-    scales = jnp.sum(a, axis=1) / counts
+    scales = (jnp.concatenate(sums) if len(sums) > 1 else sums[0]) / counts
     return {"signs": wire.pack_bits(x < 0), "scales": scales}
 
   def _decode(self, payload, size, dtype, key):

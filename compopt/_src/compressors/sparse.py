@@ -9,6 +9,7 @@ the shared key, so only the values are sent.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -65,29 +66,128 @@ def _sparse_wire_bits(k: int, size: int, dtype, with_indices: bool = True) -> in
   return bits
 
 
+def _poisson_slots(mean: float, rows: int, miss: float = 1e-4) -> int:
+  """A slot count m with rows·P(Poisson(mean) > m) <= miss, by the Chernoff
+  bound P(X >= m) <= e^(−mean)(e·mean/m)^m for m > mean."""
+  m = max(1, math.ceil(mean))
+  budget = math.log(miss / max(rows, 1))
+  while -mean + m * (1 + math.log(mean / m)) > budget:
+    m += max(1, m // 64)
+  return m
+
+
+ROW = 16384  # entries per row of the first stage of top_k_indices
+
+
+def top_k_indices(a: jax.Array, k: int) -> jax.Array:
+  """The positions of the k largest entries of the 1-D float array ``a``:
+  the same set as ``lax.top_k(a, k)[1]`` (up to ties), found faster.
+
+  Two stages: a ``lax.top_k`` of m candidates in each row of 16,384 entries,
+  then a ``lax.top_k`` of k among the candidates. m is sized so that, for
+  entries in random order, a row holds more than m of the top k with
+  probability below 1e-4 (a Chernoff bound on the Poisson tail); if some row
+  is saturated anyway (its m-th candidate reaches the k-th value, so it may
+  hide a winner), a ``lax.cond`` falls back to the plain ``lax.top_k``. The
+  answer is exact either way. XLA's CPU top_k costs about (row length)·m per
+  row, so for k = 1% of 11M this takes ~100 ms instead of ~190 ms (under
+  ``jax.vmap`` the cond becomes a select and both run; inputs whose largest
+  entries cluster in a few rows take the fallback).
+  """
+  d = a.size
+  row = ROW
+  full = d // row
+  m = _poisson_slots(k * row / d, full) + 1
+  if d < 2**16 or full * m >= d // 4 or m >= row // 2:
+    return lax.top_k(a, k)[1]
+  cand_v, cand_i = lax.top_k(a[:full * row].reshape(full, row), m)
+  cand_i = cand_i + (jnp.arange(full, dtype=jnp.int32) * row)[:, None]
+  # min over the row, not its last column: slicing top_k's output makes XLA
+  # rewrite the top_k as a full sort.
+  floor = jnp.min(cand_v, axis=1)
+  cand_v, cand_i = cand_v.reshape(-1), cand_i.reshape(-1)
+  if full * row < d:  # the tail, all of it a candidate
+    cand_v = jnp.concatenate([cand_v, a[full * row:]])
+    cand_i = jnp.concatenate([cand_i, jnp.arange(full * row, d, dtype=jnp.int32)])
+  vals, pos = lax.top_k(cand_v, k)
+  saturated = jnp.any(floor >= vals[-1])
+  return lax.cond(saturated, lambda a: lax.top_k(a, k)[1], lambda a: cand_i[pos], a)
+
+
 @dataclasses.dataclass(frozen=True)
 class TopK(base.Compressor):
-  """Keeps the k coordinates of largest magnitude: class B(k/d)."""
+  """Keeps the k coordinates of largest magnitude: class B(k/d); or, with
+  ``block_size``, the k_b largest of each block: class B(min_b k_b/d_b)."""
   k: int | None = None
   ratio: float | None = None
+  block_size: int | None = None
   name: str = "top_k"
   randomized = False
 
+  def _blocks(self, size):
+    """(block, whole blocks, k per block, tail size, k in the tail)."""
+    block = min(self.block_size, size)
+    full, tail = size // block, size % block
+    if self.ratio is not None:
+      per = min(block, max(1, int(round(self.ratio * block))))
+      tail_k = min(tail, max(1, int(round(self.ratio * tail)))) if tail else 0
+    else:
+      nblocks = full + (1 if tail else 0)
+      k = resolve_k(self.k, None, size, self.name)
+      per = min(block, -(-k // nblocks))
+      tail_k = min(tail, per) if tail else 0
+    return block, full, per, tail, tail_k
+
+  def _kept(self, size):
+    if self.block_size is None:
+      return resolve_k(self.k, self.ratio, size, self.name)
+    _, full, per, _, tail_k = self._blocks(size)
+    return full * per + tail_k
+
   def _encode(self, key, x):
     del key
-    k = resolve_k(self.k, self.ratio, x.size, self.name)
     # Selection on |x| in float32: lax.top_k on bfloat16 falls back to a sort.
-    _, idx = lax.top_k(jnp.abs(x.astype(base.compute_dtype(x.dtype))), k)
-    return {"values": x[idx], "indices": idx.astype(wire.index_dtype(x.size))}
+    a = jnp.abs(x.astype(base.compute_dtype(x.dtype)))
+    if self.block_size is None:
+      idx = top_k_indices(a, resolve_k(self.k, self.ratio, x.size, self.name))
+      return {"values": x[idx], "indices": idx.astype(wire.index_dtype(x.size))}
+    block, full, per, tail, tail_k = self._blocks(x.size)
+    local, starts = [], []
+    if full:
+      _, i = lax.top_k(a[:full * block].reshape(full, block), per)
+      local.append(i.reshape(-1))
+      starts.append(jnp.repeat(jnp.arange(full, dtype=jnp.int32) * block, per,
+                               total_repeat_length=full * per))
+    if tail_k:
+      _, i = lax.top_k(a[full * block:], tail_k)
+      local.append(i)
+      starts.append(jnp.full((tail_k,), full * block, jnp.int32))
+    local = jnp.concatenate(local) if len(local) > 1 else local[0]
+    starts = jnp.concatenate(starts) if len(starts) > 1 else starts[0]
+    return {"values": x[starts + local], "indices": local.astype(wire.index_dtype(block))}
 
   def _decode(self, payload, size, dtype, key):
-    return base.scatter(size, dtype, payload["indices"], payload["values"])
+    idx = payload["indices"]
+    if self.block_size is not None:
+      block, full, per, _, tail_k = self._blocks(size)
+      starts = jnp.concatenate([
+          jnp.repeat(jnp.arange(full, dtype=jnp.int32) * block, per,
+                     total_repeat_length=full * per),
+          jnp.full((tail_k,), full * block, jnp.int32)])
+      idx = starts + idx.astype(jnp.int32)
+    return base.scatter(size, dtype, idx, payload["values"])
 
   def _wire_bits(self, size, dtype):
-    return _sparse_wire_bits(resolve_k(self.k, self.ratio, size, self.name), size, dtype)
+    kept = self._kept(size)
+    index = wire.index_dtype(size if self.block_size is None else min(self.block_size, size))
+    return kept * (base.dtype_bits(dtype) + base.dtype_bits(index))
 
   def _delta(self, size):
-    return resolve_k(self.k, self.ratio, size, self.name) / size
+    if self.block_size is None:
+      return resolve_k(self.k, self.ratio, size, self.name) / size
+    block, full, per, tail, tail_k = self._blocks(size)
+    shares = ([per / block] if full else []) + ([tail_k / tail] if tail else [])
+    return min(shares)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,23 +345,37 @@ class NuRand1(RandKWangni):
   name: str = "nu_rand_1"
 
 
-def top_k(k: int | None = None, *, ratio: float | None = None) -> TopK:
+def top_k(k: int | None = None, *, ratio: float | None = None,
+          block_size: int | None = None) -> TopK:
   """Top-K sparsifier: keeps the k coordinates of largest |x_j| in each leaf.
 
   Class B(k/d) (contractive, biased): ‖C(x) − x‖² ≤ (1 − k/d)‖x‖².
   Wire: k values in x's dtype and k indices (uint8/uint16/int32).
 
+  With ``block_size`` b (the fast mode), each leaf is cut into blocks of b
+  coordinates and the k_b largest of each block are kept: k_b =
+  max(1, round(ratio·b)) (with ``k``: ⌈k/#blocks⌉), exactly k_b·#blocks kept
+  (the last, shorter block keeps its own share). Each block loses at most
+  (1 − k_b/b) of its squared norm, so the class is B(min_b k_b/d_b), the
+  same δ as the exact mode for the same ratio, though other coordinates may
+  be picked. Its indices are local to the block (uint8 for b <= 256, uint16
+  for b <= 65536), so the wire is smaller too; it runs about 4× faster than
+  the exact mode on a CPU (a row-wise ``lax.top_k`` of small k).
+
   Args:
     k: coordinates kept per leaf, 1 <= k <= leaf size.
     ratio: alternatively, the kept fraction in (0, 1]: k = max(1, round(ratio·d))
       for each leaf of size d.
+    block_size: None (exact) or the block length b >= 2 of the fast mode.
 
   References:
     Stich, Cordonnier, Jaggi. Sparsified SGD with memory, NeurIPS 2018.
     https://arxiv.org/abs/1809.07599
   """
   k, ratio = _check_k_or_ratio(k, ratio, "top_k")
-  return TopK(k=k, ratio=ratio)
+  if block_size is not None:
+    block_size = base.check_positive_int(block_size, "block_size", "top_k", minimum=2)
+  return TopK(k=k, ratio=ratio, block_size=block_size)
 
 
 def rand_k(k: int | None = None, *, ratio: float | None = None,
