@@ -2,6 +2,7 @@
 
 from compopt import checkpoint
 from compopt import compressors
+from compopt import exchange
 from compopt import parallel
 from compopt import sampling
 from compopt import theory
@@ -73,6 +74,7 @@ __all__ = (
     "ef_sgd",
     "ef_signsgd",
     "error_feedback",
+    "exchange",
     "gdci",
     "majority_vote",
     "neolithic",

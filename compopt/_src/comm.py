@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compopt._src import exchange as exchange_lib
 from compopt._src import sampling as sampling_lib
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine as ccombine
@@ -300,11 +301,202 @@ def _is_shared_rand_k(c) -> bool:
   return isinstance(c, csparse.RandK) and c.shared
 
 
+class Exchanged(NamedTuple):
+  """What :func:`exchange` returns."""
+  mean: Any  # Σ_{i∈S} C(x_i)/(n p_i), shaped and typed like the input tree
+  own: Any  # this worker's own dense C(x_i) (None unless asked for)
+  sent: CommBits  # bits this worker sent / received in this exchange
+  server_error: Any  # the owners' residual e_s (two_phase with error feedback)
+
+
+def init_server_error(scheme, params):
+  """The ``server_error`` a method keeps for ``scheme``: float32 zeros shaped
+  like ``params`` for ``two_phase`` with a server compressor and error
+  feedback (each worker only uses the chunk it owns), else ``()``."""
+  if not exchange_lib.needs_server_state(scheme):
+    return ()
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+
+def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
+             sampling: sampling_lib.Sampling | None = None,
+             scheme: exchange_lib.Scheme | None = None, server_error=(),
+             owner: str = "compressed_mean", return_own: bool = False) -> Exchanged:
+  """Σ_{i∈S} C(x_i)/(n p_i) over the workers of ``axis_name`` (mean_i C(x_i)
+  without sampling) by the exchange ``scheme``, and the bits this worker sent
+  and received.
+
+  Args:
+    compressor: a compopt compressor.
+    tree: this worker's pytree x_i (floating arrays).
+    key: the step key, identical on every worker (uint32[2]).
+    axis_name: the worker axis, or None for one worker.
+    sampling: optional partial participation (``compopt.sampling``).
+    scheme: a ``compopt.exchange`` scheme (None: all-gather).
+    server_error: the method's ``server_error`` (see :func:`init_server_error`).
+    owner: the name used in error messages.
+    return_own: also return this worker's own dense C(x_i) (error feedback
+      needs it), decoded from the payload it sent.
+  """
+  scheme = exchange_lib.resolve(scheme, owner)
+  leaves = jax.tree.leaves(tree)
+  special = _is_identity(compressor) or _is_shared_rand_k(compressor)
+  if axis_name is not None and not special:
+    n = axis_info(axis_name, owner)[0]
+    if isinstance(scheme, exchange_lib.Auto):
+      payload_bytes = cbase.tree_wire_bits(compressor, tree) / 8
+      dense_bytes = 4 * sum(l.size for l in leaves)
+      scheme = scheme.choose(payload_bytes, dense_bytes, n)
+    if isinstance(scheme, exchange_lib.AllReduce):
+      return _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own)
+    if isinstance(scheme, exchange_lib.TwoPhase):
+      return _two_phase(compressor, tree, key, axis_name, sampling, scheme,
+                        server_error, owner, return_own)
+  out = compressed_mean(compressor, tree, key, axis_name, sampling=sampling,
+                        owner=owner, return_own=return_own)
+  if return_own:
+    return Exchanged(out[0], out[1], out[2], server_error)
+  return Exchanged(out[0], None, out[1], server_error)
+
+
+def _weights(sampling, key, n, i, owner):
+  """(member, weights, m_members): S from the shared key; weights w_j =
+  1/(n p_j) for members, 0 otherwise (1/n without sampling)."""
+  if sampling is None:
+    return None, jnp.full((n,), 1.0 / n, jnp.float32), None
+  mask, probs = sampling.draw(key, n, owner)
+  weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(jnp.float32)
+  return mask[i], weights, jnp.sum(mask.astype(jnp.int32))
+
+
+def _weighted_sum(decoded, weights):
+  """Σ_j w_j d_j over the leading axis; where, not a product: a non-member's
+  zero payload may decode to NaN."""
+  d = decoded.astype(jnp.float32)
+  w = weights.reshape((weights.shape[0],) + (1,) * (d.ndim - 1))
+  return jnp.sum(jnp.where(w > 0, d * w, 0), axis=0)
+
+
+def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own):
+  """Decode the own payload, then ONE dense float32 all-reduce of w_i·C(x_i)."""
+  n, i = axis_info(axis_name, owner)
+  compress_key, sample_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(tree)
+  like = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
+  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  shared = compressor.decode_needs_key
+  enc_key = compress_key if shared else worker_key(compress_key, axis_name)
+  payload = compressor.encode(enc_key, leaves)
+  own = compressor.decode(payload, like, key=enc_key)
+  w = weights[i]
+  contrib = [jnp.where(w > 0, o.astype(jnp.float32) * w, 0) for o in own]
+  summed = _psum_packed(contrib, axis_name)
+  dense_bits = sum(l.size for l in leaves) * 32
+  ring = const64(_ring_bits(n, dense_bits))
+  mean = treedef.unflatten([s.astype(l.dtype) for s, l in zip(summed, leaves)])
+  return Exchanged(mean, treedef.unflatten(own) if return_own else None,
+                   CommBits(ring, ring), ())
+
+
+def _flat(leaves, dtype, total):
+  if not leaves:
+    return jnp.zeros((total,), dtype)
+  flat = jnp.concatenate([l.reshape(-1).astype(dtype) for l in leaves])
+  return jnp.pad(flat, (0, total - flat.size))
+
+
+def _unflat(flat, leaves, treedef):
+  out, offset = [], 0
+  for l in leaves:
+    out.append(flat[offset:offset + l.size].reshape(l.shape).astype(l.dtype))
+    offset += l.size
+  return treedef.unflatten(out)
+
+
+def _two_phase(compressor, tree, key, axis_name, sampling, scheme, server_error,
+               owner, return_own):
+  """All-to-all of compressed chunks to their owners, owners average (and
+  re-compress with error feedback), all-gather of the chunks."""
+  n, me = axis_info(axis_name, owner)
+  compress_key, sample_key = jax.random.split(key)
+  worker_base, server_base = jax.random.split(compress_key)
+  leaves, treedef = jax.tree.flatten(tree)
+  size = sum(l.size for l in leaves)
+  dtypes = {np.dtype(l.dtype) for l in leaves}
+  wire_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+  chunk = max(1, -(-size // n))  # c = ⌈D/n⌉, the vector padded to n·c
+  rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
+  row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
+  member, weights, m_members = _weights(sampling, sample_key, n, me, owner)
+
+  # Phase 1: C(x_i) chunk by chunk; chunk j goes to worker j.
+  shared = compressor.decode_needs_key
+  base = worker_base if shared else worker_key(worker_base, axis_name)
+  chunk_keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(jnp.arange(n))
+  payload = jax.vmap(compressor.encode)(chunk_keys, rows)
+  spec = pack(jax.tree.map(lambda a: a[0], payload))[1]
+  buf = jax.vmap(lambda p: pack(p)[0])(payload)  # (n, B)
+  nbytes = int(buf.shape[1])
+  if member is not None:
+    buf = jnp.where(member, buf, jnp.zeros_like(buf))
+  received = lax.all_to_all(buf, axis_name, 0, 0)  # row i: worker i's chunk `me`
+  my_key = jax.random.fold_in(worker_base, me) if shared else None
+  decoded = jax.vmap(lambda p: compressor.decode(p, row_like, key=my_key))(
+      unpack(received, spec))
+  m = _weighted_sum(decoded, weights)  # this owner's chunk of the aggregate, f32
+  if member is None:
+    sent = CommBits(const64((n - 1) * nbytes * 8), const64((n - 1) * nbytes * 8))
+  else:
+    member_i = member.astype(jnp.int32)
+    sent = CommBits(mul64(member_i * (n - 1), nbytes * 8),
+                    mul64(m_members - member_i, nbytes * 8))
+
+  # Phase 2: the owners' chunks to everyone, re-compressed or dense.
+  server = scheme.server_compressor
+  new_error = server_error
+  if server is None:
+    gathered = lax.all_gather(m, axis_name)  # (n, c) float32
+    sbytes = chunk * 4
+  else:
+    v = m
+    if scheme.error_feedback:
+      e_flat = _flat(jax.tree.leaves(server_error), jnp.float32, n * chunk)
+      v = v + lax.dynamic_slice(e_flat, (me * chunk,), (chunk,))
+    v_like = jax.ShapeDtypeStruct((chunk,), jnp.float32)
+    s_key = jax.random.fold_in(server_base, me)
+    s_payload = server.encode(s_key, v)
+    if scheme.error_feedback:
+      # e_s ← v − C_s(v) on the owned chunk; zeros elsewhere (disjoint owners).
+      residual = v - server.decode(s_payload, v_like, key=s_key).astype(jnp.float32)
+      e_flat = lax.dynamic_update_slice(jnp.zeros((n * chunk,), jnp.float32),
+                                        residual, (me * chunk,))
+      new_error = _unflat(e_flat, jax.tree.leaves(server_error),
+                          jax.tree.structure(server_error))
+    s_buf, s_spec = pack(s_payload)
+    sbytes = int(s_buf.size)
+    s_all = unpack(lax.all_gather(s_buf, axis_name), s_spec)
+    s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
+    gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
+  sent = add_bits(sent, CommBits(const64(sbytes * 8), const64((n - 1) * sbytes * 8)))
+  mean = _unflat(gathered.astype(jnp.float32).reshape(-1), leaves, treedef)
+
+  own = None
+  if return_own:
+    if shared:
+      own_dec = jax.vmap(lambda p, k: compressor.decode(p, row_like, key=k))(
+          payload, chunk_keys)
+    else:
+      own_dec = jax.vmap(lambda p: compressor.decode(p, row_like))(payload)
+    own = _unflat(own_dec.reshape(-1), leaves, treedef)
+  return Exchanged(mean, own, sent, new_error)
+
+
 def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
                     sampling: sampling_lib.Sampling | None = None,
                     owner: str = "compressed_mean", return_own: bool = False):
   """Σ_{i∈S} C(x_i)/(n p_i) over the workers of ``axis_name`` (mean_i C(x_i)
-  without sampling), and the bits this worker sent and received.
+  without sampling), and the bits this worker sent and received, by one
+  packed all-gather (see :func:`exchange` for the other schemes).
 
   Args:
     compressor: a compopt compressor.

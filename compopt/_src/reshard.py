@@ -49,14 +49,19 @@ import numpy as np
 import optax
 
 from compopt._src import comm
+from compopt._src.methods import dcsgd as dcsgd_lib
 from compopt._src.methods import error_feedback as ef_lib
 from compopt._src.methods import shifted as shifted_lib
 
 # state type -> {field: rule}; unlisted fields are replicated (or recursed into).
 # rule "mean": the mean over the old workers, given to every new worker;
-# ("copy", other): the replicated field ``other`` given to every new worker.
+# ("copy", other): the replicated field ``other`` given to every new worker;
+# "owned": two_phase's server errors: each owner holds the residual of its
+# chunk of the flattened tree and zeros elsewhere, so the sum over the old
+# workers is the whole residual; new worker j gets its new chunk of it.
 RULES: dict[type, dict[str, Any]] = {
-    ef_lib.ErrorFeedbackState: {"error": "mean"},
+    dcsgd_lib.CompressedMeanState: {"server_error": "owned"},
+    ef_lib.ErrorFeedbackState: {"error": "mean", "server_error": "owned"},
     ef_lib.DoubleSqueezeState: {"worker_error": "mean"},
     ef_lib.EF21State: {"local": ("copy", "shared")},
     shifted_lib.ShiftedCompressionState: {"shift": ("copy", "mean_shift")},
@@ -74,6 +79,25 @@ def _mean(x, n_new):
   x = np.asarray(x)
   m = x.astype(np.float64).mean(0).astype(x.dtype)
   return _broadcast(m, n_new)
+
+
+def _owned(tree, n_new):
+  leaves, treedef = jax.tree.flatten(tree)
+  if not leaves:
+    return tree
+  total = np.concatenate([np.asarray(x).astype(np.float64).sum(0).reshape(-1)
+                          for x in leaves])
+  chunk = max(1, -(-total.size // n_new))  # the chunks of compopt's two_phase
+  owner = np.arange(total.size) // chunk
+  out, offset = [], 0
+  for x in leaves:
+    x = np.asarray(x)
+    size = int(np.prod(x.shape[1:]))
+    part, own = total[offset:offset + size], owner[offset:offset + size]
+    out.append(np.stack([np.where(own == j, part, 0).reshape(x.shape[1:])
+                         for j in range(n_new)]).astype(x.dtype))
+    offset += size
+  return treedef.unflatten(out)
 
 
 def _replicated(x, n_new, path):
@@ -114,6 +138,8 @@ def _walk(node, n_new, path):
       where = f"{path}.{field}"
       if rule == "mean":
         out[field] = jax.tree.map(lambda x: _mean(x, n_new), value)
+      elif rule == "owned":
+        out[field] = _owned(value, n_new)
       elif isinstance(rule, tuple):
         out[field] = _walk(getattr(node, rule[1]), n_new, f"{path}.{rule[1]}")
         out[field] = jax.tree.map(lambda src, old: src.astype(np.asarray(old).dtype),

@@ -3,7 +3,7 @@ the (replicated) server."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +95,7 @@ def worker_error_feedback(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Error feedback without a step size: outputs mean_i C(g_i + e_i).
 
@@ -104,12 +105,12 @@ def worker_error_feedback(
     \quad\text{output } \bar g = \tfrac1n\textstyle\sum_i \tilde g_i
 
   (paper 003, Alg. 2 lines 7–12). It is :func:`compopt.error_feedback` fed
-  with −g instead of −γg.
+  with −g instead of −γg (``scheme`` as there).
   """
   return optax.chain(
       optax.scale(-1.0),
       ef_lib.error_feedback(compressor, axis_name=axis_name, key=key,
-                            error_dtype=error_dtype),
+                            error_dtype=error_dtype, scheme=scheme),
       optax.scale(-1.0),
   )
 
@@ -126,6 +127,7 @@ def comp_ams(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""COMP-AMS (paper 003, Alg. 2): compressed gradients with error feedback,
@@ -157,6 +159,9 @@ def comp_ams(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of e_i (float32 by default).
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -182,9 +187,10 @@ def comp_ams(
   _common.check_bool(optax_amsgrad, "optax_amsgrad", owner)
   if error_feedback:
     workers = worker_error_feedback(compressor, axis_name=axis_name, key=key,
-                                    error_dtype=error_dtype)
+                                    error_dtype=error_dtype, scheme=scheme)
   else:
-    workers = dcsgd_lib.compressed_mean(compressor, axis_name=axis_name, key=key)
+    workers = dcsgd_lib.compressed_mean(compressor, axis_name=axis_name, key=key,
+                                        scheme=scheme)
   server = (optax.scale_by_amsgrad(b1=b1, b2=b2, eps=eps) if optax_amsgrad
             else scale_by_comp_ams(b1=b1, b2=b2, eps=eps))
   return faults.chain(workers, server, optax.scale_by_learning_rate(learning_rate),

@@ -10,6 +10,7 @@ import optax
 from optax._src import numerics
 
 from compopt._src import comm
+from compopt._src import exchange as exchange_lib
 from compopt._src import faults
 from compopt._src import sampling as sampling_lib
 from compopt._src.compressors import combine
@@ -21,6 +22,7 @@ class CompressedMeanState(NamedTuple):
   count: jax.Array  # int32, number of exchanges
   key: jax.Array  # uint32[2], split every step, identical on all workers
   bits: comm.CommBits  # bits this worker sent / received
+  server_error: Any = ()  # e_s of two_phase with a server compressor, else ()
 
 
 def compressed_mean(
@@ -29,6 +31,7 @@ def compressed_mean(
     axis_name: str | None = None,
     sampling: Any = None,
     key: jax.Array | int = 0,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each worker's update by the mean of the compressed updates.
 
@@ -49,6 +52,9 @@ def compressed_mean(
       ``compopt.sampling`` object, or probabilities p_i (a number or a
       sequence of n numbers in (0, 1]) for independent participation.
     key: seed or PRNG key; split every step.
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -71,22 +77,22 @@ def compressed_mean(
   _common.check_axis_name(axis_name, owner)
   _common.check_key(key, owner)
   sampling = sampling_lib.resolve(sampling, owner)
+  scheme = exchange_lib.resolve(scheme, owner)
 
   def init_fn(params):
-    del params
     return CompressedMeanState(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        bits=comm.zero_bits())
+        bits=comm.zero_bits(), server_error=comm.init_server_error(scheme, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     next_key, step_key = jax.random.split(state.key)
     # Δ = Σ_{i∈S} C(g_i)/(n p_i)   (Alg. 1 line 10; §4.2)
-    delta, sent = comm.compressed_mean(
-        compressor, updates, step_key, axis_name, sampling=sampling, owner=owner)
-    return delta, CompressedMeanState(
+    out = comm.exchange(compressor, updates, step_key, axis_name, sampling=sampling,
+                        scheme=scheme, server_error=state.server_error, owner=owner)
+    return out.mean, CompressedMeanState(
         count=numerics.safe_increment(state.count), key=next_key,
-        bits=comm.add_bits(state.bits, sent))
+        bits=comm.add_bits(state.bits, out.sent), server_error=out.server_error)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -109,6 +115,7 @@ def dcsgd(
     momentum: float | None = None,
     nesterov: bool = False,
     key: jax.Array | int = 0,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Distributed compressed SGD (DCSGD), paper 000 Alg. 1.
@@ -134,6 +141,9 @@ def dcsgd(
     momentum: optional heavy-ball momentum on the aggregate.
     nesterov: Nesterov momentum.
     key: seed or PRNG key; split every step.
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -157,7 +167,8 @@ def dcsgd(
   """
   _common.check_learning_rate(learning_rate, "dcsgd")
   return faults.chain(
-      compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key),
+      compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key,
+                      scheme=scheme),
       _momentum(momentum, nesterov, "dcsgd"),
       optax.scale_by_learning_rate(learning_rate),
       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="dcsgd")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import optax
 from optax._src import numerics
 
 from compopt._src import comm
+from compopt._src import exchange as exchange_lib
 from compopt._src.compressors import sign as csign
 from compopt._src import faults
 from compopt._src.methods import _common
@@ -21,6 +22,7 @@ class ErrorFeedbackState(NamedTuple):
   key: jax.Array  # uint32[2], split every step
   error: optax.Updates  # e_i, this worker's residual, in error_dtype
   bits: comm.CommBits
+  server_error: Any = ()  # e_s of two_phase with a server compressor, else ()
 
 
 def error_feedback(
@@ -29,6 +31,7 @@ def error_feedback(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Error feedback on the workers: sends C(p_i), keeps p_i − C(p_i).
 
@@ -50,6 +53,9 @@ def error_feedback(
     key: seed or PRNG key; split every step.
     error_dtype: dtype of e_i (float32 by default, also for bf16 params);
       ``None`` uses the params' dtype.
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -64,11 +70,13 @@ def error_feedback(
   _common.check_axis_name(axis_name, owner)
   _common.check_key(key, owner)
   error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
+  scheme = exchange_lib.resolve(scheme, owner)
 
   def init_fn(params):
     return ErrorFeedbackState(
         count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits())
+        error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits(),
+        server_error=comm.init_server_error(scheme, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -78,15 +86,15 @@ def error_feedback(
     p = jax.tree.map(lambda u, e: e - u.astype(e.dtype), updates, state.error)
     p_wire = jax.tree.map(lambda q, u: q.astype(u.dtype), p, updates)
     # Δ_t = C(p_t), sent; the mean over workers comes back.
-    mean_delta, delta, sent = comm.compressed_mean(
-        compressor, p_wire, step_key, axis_name, owner=owner, return_own=True)
+    out = comm.exchange(compressor, p_wire, step_key, axis_name, scheme=scheme,
+                        server_error=state.server_error, owner=owner, return_own=True)
     # e_{t+1} = p_t − Δ_t   (line 8)
-    error = jax.tree.map(lambda q, d: q - d.astype(q.dtype), p, delta)
+    error = jax.tree.map(lambda q, d: q - d.astype(q.dtype), p, out.own)
     # x_{t+1} = x_t − mean_i Δ_{t,i}   (line 7)
-    new_updates = jax.tree.map(lambda d, u: (-d).astype(u.dtype), mean_delta, updates)
+    new_updates = jax.tree.map(lambda d, u: (-d).astype(u.dtype), out.mean, updates)
     return new_updates, ErrorFeedbackState(
         count=numerics.safe_increment(state.count), key=next_key, error=error,
-        bits=comm.add_bits(state.bits, sent))
+        bits=comm.add_bits(state.bits, out.sent), server_error=out.server_error)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -98,6 +106,7 @@ def ef_sgd(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF-SGD / MEM-SGD: compressed SGD with error feedback.
@@ -120,6 +129,9 @@ def ef_sgd(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffer e_i (float32 by default).
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -144,7 +156,8 @@ def ef_sgd(
   _common.check_learning_rate(learning_rate, "ef_sgd")
   return faults.chain(
       optax.scale_by_learning_rate(learning_rate),
-      error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype),
+      error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype,
+                     scheme=scheme),
       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="ef_sgd")
 
 
@@ -154,6 +167,7 @@ def ef_signsgd(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF-SignSGD (paper 004 Alg. 1): :func:`ef_sgd` with the scaled sign.
@@ -171,6 +185,9 @@ def ef_signsgd(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffer (float32 by default).
+    scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase(server_compressor)``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -190,7 +207,8 @@ def ef_signsgd(
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
   """
   return ef_sgd(learning_rate, compressor=csign.scaled_sign(), axis_name=axis_name,
-                key=key, error_dtype=error_dtype, skip_nonfinite=skip_nonfinite)
+                key=key, error_dtype=error_dtype, scheme=scheme,
+                skip_nonfinite=skip_nonfinite)
 
 
 class EF21State(NamedTuple):
