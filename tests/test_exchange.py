@@ -275,3 +275,20 @@ def test_compiled_collective_bytes_equal_the_model(scheme):
   else:
     want = scheme.bytes_per_worker(payload, 4 * d, n)
   assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize("comp", [C.qsgd(4), C.natural_dithering(3), C.sign(), C.terngrad(),
+                                  C.top_k(ratio=0.01)],
+                         ids=["qsgd", "natural_dithering", "sign", "terngrad", "top_k"])
+def test_fast_compressor_paths_pass_shard_maps_type_check(comp):
+  """The conds inside the compressors (materialize, sign's overflow check,
+  top_k's fallback) type-check under shard_map and give vmap's numbers."""
+  n = 8
+  tree = {"w": jnp.zeros((70_000,))}  # large enough for top_k's two-stage path
+  g = _grads(n=n, seed=6, tree=tree)
+  opt = compopt.compressed_mean(comp, axis_name="data", scheme=X.allreduce())
+  state = compopt.parallel.stack(opt.init(tree), n)
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  u_sm, _ = compopt.parallel.shard_map(opt.update, mesh, "data")(g, state)
+  u_vm, _ = jax.jit(jax.vmap(opt.update, axis_name="data"))(g, state)
+  np.testing.assert_allclose(u_sm["w"], u_vm["w"], rtol=1e-6, atol=1e-7)

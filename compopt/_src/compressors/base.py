@@ -138,7 +138,9 @@ def materialize(x: jax.Array, like: jax.Array) -> jax.Array:
   """
   probe = jnp.ravel(like)[:1].astype(jnp.float32).sum()
   keep = jnp.isnan(probe) | jnp.logical_not(jnp.isnan(probe))
-  return jax.lax.cond(keep, lambda v: v, jnp.zeros_like, x)
+  # The unused branch computes from v, so both vary over a shard_map axis alike.
+  other = (lambda v: v ^ v) if jnp.issubdtype(x.dtype, jnp.integer) else (lambda v: v * 0)
+  return jax.lax.cond(keep, lambda v: v, other, x)
 
 
 def leaf_keys(key, n: int) -> list:

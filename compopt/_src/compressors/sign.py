@@ -39,7 +39,9 @@ class Sign(base.Compressor):
     # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
     # only then is the input checked element by element.
     l1 = jnp.sum(jnp.abs(x.astype(ct)))
-    finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.ones((), jnp.bool_),
+    # (v[:0]: an empty, always-true check that varies with x like the other
+    # branch, as shard_map's type check wants.)
+    finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.all(jnp.isfinite(v[:0])),
                           lambda v: jnp.all(jnp.isfinite(v)), x)
     scale = jnp.where(finite, jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
     return {"signs": wire.pack_bits(x < 0), "scale": scale}
