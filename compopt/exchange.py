@@ -9,7 +9,7 @@ exact under which scheme.
 
 Example:
   >>> import compopt
-  >>> s = compopt.exchange.auto(compopt.exchange.Network(bandwidth_gbps=10))
+  >>> s = compopt.exchange.auto(compopt.exchange.Network(bandwidth_gbps=10), decode_gbps=300)
   >>> s.choose(payload_bytes=1e6, dense_bytes=44e6, n=8).name
   'allgather'
   >>> s.choose(payload_bytes=1e6, dense_bytes=44e6, n=1024).name

@@ -77,7 +77,7 @@ def test_two_phase_bytes_are_flat_in_n():
 
 
 def test_auto_switches_where_the_payload_exceeds_2D_over_n():
-  auto = X.auto(X.Network(10.0, latency_us=0.0))
+  auto = X.auto(X.Network(10.0, latency_us=0.0), decode_gbps=1e12)  # decoding free
   dense = 4e6
   for n in (4, 16, 256):
     below, above = 0.9 * 2 * dense / n, 1.1 * 2 * dense / n
@@ -87,6 +87,17 @@ def test_auto_switches_where_the_payload_exceeds_2D_over_n():
   slow = X.Network(1.0, latency_us=0.0)
   assert auto.seconds(1e5, dense, 8, slow) == pytest.approx(
       X.allgather().seconds(1e5, dense, 8, slow))
+
+
+def test_auto_counts_decoding_n_payloads():
+  """allgather decodes n dense vectors, allreduce one: at 4 GB/s decoding and
+  10 Gbit/s, n = 8, a 32× payload of 44.7 MB: allgather 7·1.4 MB/1.25 GB/s +
+  8·11.2 ms = 97 ms > allreduce 2·7/8·44.7 MB/1.25 GB/s + 11.2 ms = 74 ms."""
+  net = X.Network(10.0, latency_us=0.0)
+  assert X.auto(net, decode_gbps=4.0).choose(1.4e6, 44.7e6, 8).name == "allreduce"
+  assert X.auto(net, decode_gbps=300.0).choose(1.4e6, 44.7e6, 8).name == "allgather"
+  with pytest.raises(ValueError, match="decode_gbps"):
+    X.auto(decode_gbps=0)
 
 
 @pytest.mark.parametrize("kwargs, match", [
