@@ -291,11 +291,13 @@ def test_compiled_collective_bytes_equal_the_model(scheme):
 @pytest.mark.parametrize("comp", [C.qsgd(4), C.natural_dithering(3), C.sign(), C.terngrad(),
                                   C.top_k(ratio=0.01)],
                          ids=["qsgd", "natural_dithering", "sign", "terngrad", "top_k"])
-def test_fast_compressor_paths_pass_shard_maps_type_check(comp):
+def test_fast_compressor_paths_pass_shard_maps_type_check(comp, monkeypatch):
   """The conds inside the compressors (materialize, sign's overflow check,
   top_k's fallback) type-check under shard_map and give vmap's numbers."""
+  from compopt._src.compressors import sparse
+  monkeypatch.setattr(sparse, "TWO_STAGE_MIN", 1 << 16)  # top_k's two-stage path
   n = 8
-  tree = {"w": jnp.zeros((70_000,))}  # large enough for top_k's two-stage path
+  tree = {"w": jnp.zeros((70_000,))}
   g = _grads(n=n, seed=6, tree=tree)
   opt = compopt.compressed_mean(comp, axis_name="data", scheme=X.allreduce())
   state = compopt.parallel.stack(opt.init(tree), n)

@@ -25,16 +25,22 @@ def _np_top_k(x, k):
   return out
 
 
+@pytest.fixture
+def two_stage(monkeypatch):
+  """The two-stage path of exact top_k from 65,536 entries on (4M by default)."""
+  monkeypatch.setattr(sparse, "TWO_STAGE_MIN", 1 << 16)
+  monkeypatch.setattr(sparse, "ROW", 4096)
+
+
 @pytest.mark.parametrize("d, ratio", [(70_000, 0.01), (200_003, 0.05), (1 << 17, 0.001)])
-def test_exact_top_k_two_stage_equals_numpy(d, ratio):
+def test_exact_top_k_two_stage_equals_numpy(two_stage, d, ratio):
   x = np.random.default_rng(d).standard_normal(d).astype(np.float32)
   k = max(1, round(ratio * d))
-  assert d >= 2**16  # the two-stage path
   got = np.asarray(jax.jit(C.top_k(ratio=ratio).__call__)(None, jnp.asarray(x)))
   np.testing.assert_array_equal(got, _np_top_k(x, k))
 
 
-def test_exact_top_k_falls_back_when_the_largest_entries_cluster():
+def test_exact_top_k_falls_back_when_the_largest_entries_cluster(two_stage):
   d = 100_000
   x = np.sort(np.random.default_rng(0).standard_normal(d).astype(np.float32))  # ends hold them
   a = jnp.abs(jnp.asarray(x))
@@ -159,11 +165,15 @@ def test_norm_fast_path_and_scaled_fallback(scale):
   assert float(quantize._norm(v.at[3].set(jnp.inf), 2)) == math.inf
 
 
-def test_materialize_is_the_identity_under_jit_and_vmap():
+def test_isolated_and_materialize_are_the_identity_under_jit_and_vmap():
   x = jnp.arange(12, dtype=jnp.uint8)
-  like = jnp.ones(3)
-  assert np.array_equal(jax.jit(base.materialize)(x, like), x)
+  assert np.array_equal(jax.jit(base.materialize)(x), x)
   xs = jnp.stack([x, x + 1])
-  assert np.array_equal(jax.vmap(base.materialize)(xs, jnp.stack([like, like])), xs)
-  nan_like = jnp.full(3, jnp.nan)
-  assert np.array_equal(base.materialize(x, nan_like), x)
+  assert np.array_equal(jax.vmap(base.materialize)(xs), xs)
+  v = jnp.asarray([jnp.nan, 1.0, -2.0])
+  fn = lambda v: (jnp.sum(jnp.abs(v[1:])), v * 2)
+  got = jax.jit(lambda v: base.isolated(fn, v))(v)
+  assert float(got[0]) == 3.0 and np.array_equal(got[1], v * 2, equal_nan=True)
+  vs = jnp.stack([v, -v])
+  got = jax.vmap(lambda v: base.isolated(fn, v))(vs)
+  np.testing.assert_array_equal(got[0], [3.0, 3.0])

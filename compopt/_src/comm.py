@@ -13,10 +13,15 @@ collective. Methods never call a collective themselves: they call
   - ``identity``: a dense all-reduce (psum, then divide by n);
   - ``rand_k(shared=True)``: an all-reduce of the values-only payloads (every
     worker kept the same positions), decoded once;
-  - everything else: the whole payload tree of the step is bit-cast to bytes
-    and packed into ONE uint8 buffer, all-gathered once, split, bit-cast back,
-    and every worker's payload is decoded (vmap over the gathered axis) and
-    averaged. The bytes on the wire are exactly the payload's bytes;
+  - everything else, by the method's exchange scheme (:func:`exchange`,
+    ``compopt.exchange``): by default the whole payload tree of the step is
+    bit-cast to bytes and packed into ONE uint8 buffer, all-gathered once,
+    split, bit-cast back, and every worker's payload is decoded (vmap over
+    the gathered axis) and averaged. The bytes on the wire are exactly the
+    payload's bytes. ``allreduce`` decodes locally and all-reduces the dense
+    float32 vector; ``two_phase`` all-to-alls chunk payloads to their owners,
+    who average (and may re-compress with their own error feedback) and
+    all-gather the chunks;
 
 * applies partial participation (paper 000 §4.2): the sampled set S is drawn
   from a key common to all workers, non-members send zeros, and the aggregate
@@ -28,7 +33,9 @@ Bit-accounting convention (per worker, per exchange):
 
 * all-gather: uplink = the worker's buffer bits if it is in S, else 0;
   downlink = the buffer bits of the other members of S.
-* all-reduce (identity, shared rand_k): a ring all-reduce over the n workers
+* all-to-all (two_phase): the n − 1 chunk payloads sent to others up, the
+  n − 1 received down (members of S only, with sampling).
+* all-reduce (identity, shared rand_k, allreduce): a ring all-reduce over the n workers
   of the axis moves ⌊2(n − 1)·D/n⌋ bits each way for a D-bit buffer. Every
   worker of the axis takes part in the ring (non-members of S contribute
   zeros), so this is counted for every worker.

@@ -101,7 +101,11 @@ def _amax(v):
   XLA's CPU max reduction can drop NaN under vmap (openxla/xla#21461), hence
   the explicit check.
   """
-  return jnp.where(jnp.any(jnp.isnan(v)), jnp.nan, jnp.maximum(jnp.max(v), -jnp.min(v)))
+  # Each reduction in its own computation: fused side by side, XLA's CPU
+  # backend runs the three in a scalar loop (19 ms instead of 3 on 11M).
+  has_nan = base.isolated(lambda v: jnp.any(jnp.isnan(v)), v)
+  top = base.isolated(lambda v: jnp.max(jnp.abs(v)), v)
+  return jnp.where(has_nan, jnp.nan, top)
 
 
 def _scaled_norm2(v):
@@ -113,19 +117,23 @@ def _scaled_norm2(v):
   return jnp.where(jnp.isfinite(safe), safe * jnp.sqrt(jnp.sum(scaled * scaled)), amax)
 
 
-def _norm(v, p):
-  """‖v‖_p for p ∈ {2, inf}, without overflow for large entries.
+def _norm(x, p, ct=None):
+  """‖x‖_p in ``ct`` (x's dtype by default) for p ∈ {2, inf}, without
+  overflow for large entries.
 
-  The 2-norm is one pass, sqrt(Σ v²), unless Σ v² overflowed, underflowed
-  into the subnormals or met inf/NaN; then the scaled form is computed (in a
-  cond that takes ``v`` itself, so nothing is copied on the fast path).
+  The 2-norm is one pass, sqrt(Σ x²), unless Σ x² overflowed, underflowed
+  into the subnormals or met inf/NaN; then the scaled form is computed. The
+  cond takes ``x`` itself, not its upcast copy, so nothing is written to
+  memory on the fast path.
   """
+  ct = x.dtype if ct is None else ct
   if p != 2:
-    return _amax(v)
-  sumsq = jnp.sum(v * v)
-  tiny = jnp.finfo(v.dtype).tiny
+    return _amax(x).astype(ct)
+  sumsq = jnp.sum(jnp.square(x.astype(ct)))
+  tiny = jnp.finfo(ct).tiny
   plain = jnp.isfinite(sumsq) & ((sumsq >= tiny * 2.0**24) | (sumsq == 0))
-  return jax.lax.cond(plain, lambda v: jnp.sqrt(sumsq), _scaled_norm2, v)
+  return jax.lax.cond(plain, lambda x: jnp.sqrt(sumsq),
+                      lambda x: _scaled_norm2(x.astype(ct)), x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +154,7 @@ class Dithering(base.Compressor):
     ct = base.compute_dtype(x.dtype)
     s = self.levels
     xc = x.astype(ct)
-    nrm = _norm(xc, self.norm)
+    nrm = base.isolated(lambda v: _norm(v, self.norm, ct), x)
     a = jnp.abs(xc)
     y = jnp.where(nrm > 0, a / jnp.where(nrm > 0, nrm, 1), 0)
     u = base.uniform(key, a.size, ct)
@@ -171,7 +179,7 @@ class Dithering(base.Compressor):
     code = jnp.minimum(low + (u < p_up), s)  # y <= 1 up to round-off
     code = code.astype(jnp.uint8 if s < 256 else jnp.uint32)
     if wire.code_bits(s) > 1:  # one bit plane reads each code once anyway
-      code = base.materialize(code, x)
+      code = base.materialize(code)
     return {"signs": wire.pack_bits(x < 0),
             "codes": wire.pack_codes(code, wire.code_bits(s)),
             "norm": nrm}

@@ -38,7 +38,7 @@ class Sign(base.Compressor):
     ct = base.compute_dtype(x.dtype)
     # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
     # only then is the input checked element by element.
-    l1 = jnp.sum(jnp.abs(x.astype(ct)))
+    l1 = base.isolated(lambda v: jnp.sum(jnp.abs(v.astype(ct))), x)
     # (v[:0]: an empty, always-true check that varies with x like the other
     # branch, as shard_map's type check wants.)
     finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.all(jnp.isfinite(v[:0])),
@@ -73,13 +73,17 @@ class BlockSign(base.Compressor):
     del key
     ct = base.compute_dtype(x.dtype)
     block, nblocks = self._blocks(x.size)
-    a = jnp.abs(x.astype(ct))
     full = x.size // block  # whole blocks, summed row by row; then the tail
-    sums = [jnp.sum(a[:full * block].reshape(full, block), axis=1)] if full else []
-    if full < nblocks:
-      sums.append(jnp.sum(a[full * block:])[None])
+
+    def block_sums(v):
+      a = jnp.abs(v.astype(ct))
+      sums = [jnp.sum(a[:full * block].reshape(full, block), axis=1)] if full else []
+      if full < nblocks:
+        sums.append(jnp.sum(a[full * block:])[None])
+      return jnp.concatenate(sums) if len(sums) > 1 else sums[0]
+
     counts = jnp.full((nblocks,), block, ct).at[-1].set(x.size - block * (nblocks - 1))
-    scales = (jnp.concatenate(sums) if len(sums) > 1 else sums[0]) / counts
+    scales = base.isolated(block_sums, x) / counts
     return {"signs": wire.pack_bits(x < 0), "scales": scales}
 
   def _decode(self, payload, size, dtype, key):

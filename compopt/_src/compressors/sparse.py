@@ -77,6 +77,8 @@ def _poisson_slots(mean: float, rows: int, miss: float = 1e-4) -> int:
 
 
 ROW = 16384  # entries per row of the first stage of top_k_indices
+# Below this size one lax.top_k is as fast (7 ms either way for 1M on a CPU).
+TWO_STAGE_MIN = 1 << 22
 
 
 def top_k_indices(a: jax.Array, k: int) -> jax.Array:
@@ -98,7 +100,7 @@ def top_k_indices(a: jax.Array, k: int) -> jax.Array:
   row = ROW
   full = d // row
   m = _poisson_slots(k * row / d, full) + 1
-  if d < 2**16 or full * m >= d // 4 or m >= row // 2:
+  if d < TWO_STAGE_MIN or full * m >= d // 4 or m >= row // 2:
     return lax.top_k(a, k)[1]
   cand_v, cand_i = lax.top_k(a[:full * row].reshape(full, row), m)
   cand_i = cand_i + (jnp.arange(full, dtype=jnp.int32) * row)[:, None]
