@@ -123,6 +123,11 @@ def uniform(key, size: int, dtype=jnp.float32) -> jax.Array:
   return (random_bits(key, size) >> 8).astype(jnp.float32) * np.float32(2.0**-24)
 
 
+#: Arrays smaller than this are computed inline by :func:`isolated` and take
+#: the compressors' plain code paths (the fast paths pay only for large ones).
+ISOLATE_MIN = 1 << 16
+
+
 def isolated(fn: Callable, *args):
   """``fn(*args)``, compiled as its own XLA computation.
 
@@ -137,6 +142,9 @@ def isolated(fn: Callable, *args):
   never taken. Under ``jax.vmap`` with a batched predicate the cond becomes a
   select of both branches: correct, and the zeros branch costs little.
   """
+  if jnp.size(jax.tree.leaves(args)[0]) < ISOLATE_MIN:
+    return fn(*args)  # small arrays: fusion costs nothing, a cond only compile time
+
   def probe(*a):
     return jnp.ravel(jax.tree.leaves(a)[0])[:1].astype(jnp.float32).sum()
 

@@ -129,6 +129,8 @@ def _norm(x, p, ct=None):
   ct = x.dtype if ct is None else ct
   if p != 2:
     return _amax(x).astype(ct)
+  if x.size < base.ISOLATE_MIN:
+    return _scaled_norm2(x.astype(ct))
   sumsq = jnp.sum(jnp.square(x.astype(ct)))
   tiny = jnp.finfo(ct).tiny
   plain = jnp.isfinite(sumsq) & ((sumsq >= tiny * 2.0**24) | (sumsq == 0))

@@ -1,0 +1,1 @@
+"""Performance benchmarks: ``python -m benchmarks.perf`` (see README.md here)."""
