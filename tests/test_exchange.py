@@ -9,15 +9,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.sharding import PartitionSpec as P
 
 import compopt
+from benchmarks.perf import wire
 from compopt import compressors as C
 from compopt import exchange as X
-from compopt._src import comm
-from compopt._src import hlo
 
 N = 4
 TREE = {"a": jnp.zeros((7,)), "b": jnp.zeros((3, 2))}  # D = 13: pads to 4 chunks of 4
@@ -266,17 +263,7 @@ def test_compiled_collective_bytes_equal_the_model(scheme):
   Scheme.bytes_per_worker of the payload sizes."""
   n, d = 8, 4096
   comp = C.scaled_sign()
-  mesh = jax.make_mesh((n,), ("w",), axis_types=(jax.sharding.AxisType.Auto,))
-
-  def one(tree, key):
-    tree = jax.tree.map(lambda a: a[0], tree)
-    out = comm.exchange(comp, tree, key, "w", scheme=scheme,
-                        server_error=comm.init_server_error(scheme, tree))
-    return jax.tree.map(lambda a: a[None], out.mean)
-
-  fn = jax.shard_map(one, mesh=mesh, in_specs=(P("w"), P()), out_specs=P("w"))
-  args = ({"w": jax.ShapeDtypeStruct((n, d), jnp.float32)}, jax.ShapeDtypeStruct((2,), jnp.uint32))
-  per_kind = hlo.collective_bytes(jax.jit(fn).lower(*args).compile().as_text())
+  per_kind = wire.exchange_hlo_bytes(comp, scheme, {"w": jax.ShapeDtypeStruct((d,), jnp.float32)}, n)
   factor = {"all-gather": n - 1, "all-to-all": (n - 1) / n, "all-reduce": 2 * (n - 1) / n}
   got = sum(factor[k] * b for k, b in per_kind.items())
   chunk_payload = comp.wire_bits((d // n,), jnp.float32) / 8

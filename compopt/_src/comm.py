@@ -241,20 +241,13 @@ def unpack(buf: jax.Array, spec) -> Any:
 
 
 def _psum_packed(arrays: list, axis_name) -> list:
-  """psum of a list of arrays with one all-reduce per dtype (usually one)."""
-  groups: dict = {}
-  for idx, a in enumerate(arrays):
-    groups.setdefault(np.dtype(a.dtype), []).append(idx)
-  out = [None] * len(arrays)
-  for _, idxs in groups.items():
-    flat = jnp.concatenate([arrays[i].reshape(-1) for i in idxs])
-    flat = lax.psum(flat, axis_name)
-    offset = 0
-    for i in idxs:
-      size = arrays[i].size
-      out[i] = flat[offset:offset + size].reshape(arrays[i].shape)
-      offset += size
-  return out
+  """psum of a list of arrays as ONE (variadic) all-reduce.
+
+  No concatenation into a flat buffer: that cost two copies of the whole
+  tree per step (2.5x the dense step on a CPU), while XLA takes the list as
+  one all-reduce op with several operands.
+  """
+  return list(lax.psum(tuple(arrays), axis_name))
 
 
 def pmean_packed(tree, axis_name):
@@ -526,14 +519,7 @@ def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
   like = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
 
   # Partial participation: S from the shared key, so all workers agree.
-  if sampling is not None:
-    mask, probs = sampling.draw(sample_key, n, owner)
-    member = mask[i]
-    weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(jnp.float32)
-    m_members = jnp.sum(mask.astype(jnp.int32))
-  else:
-    member, mask = None, None
-    weights = jnp.full((n,), 1.0 / n, jnp.float32)
+  member, weights, m_members = _weights(sampling, sample_key, n, i, owner)
 
   def cast_back(out):
     return treedef.unflatten([o.astype(l.dtype) for o, l in zip(out, leaves)])
@@ -597,12 +583,7 @@ def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
     decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
   else:  # only empty leaves: nothing was sent, and vmap needs an array
     decoded = [jnp.zeros((n,) + l.shape, l.dtype) for l in like]
-  out = []
-  for d in decoded:
-    d = d.astype(jnp.float32)
-    w = weights.reshape((n,) + (1,) * (d.ndim - 1))
-    # where, not a product: a non-member's zero payload may decode to NaN.
-    out.append(jnp.sum(jnp.where(w > 0, d * w, 0), axis=0))
+  out = [_weighted_sum(d, weights) for d in decoded]
   return finish(out, own, sent)
 
 

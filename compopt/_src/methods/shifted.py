@@ -3,7 +3,7 @@ DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
