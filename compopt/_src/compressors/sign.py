@@ -39,11 +39,11 @@ class Sign(base.Compressor):
     # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
     # only then is the input checked element by element.
     l1 = base.isolated(lambda v: jnp.sum(jnp.abs(v.astype(ct))), x)
-    # (v[:0]: an empty, always-true check that varies with x like the other
-    # branch, as shard_map's type check wants.)
     if x.size < base.ISOLATE_MIN:
       finite = jnp.all(jnp.isfinite(x))
     else:
+      # (v[:0]: an empty, always-true check that varies with x like the other
+      # branch, as shard_map's type check wants.)
       finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.all(jnp.isfinite(v[:0])),
                             lambda v: jnp.all(jnp.isfinite(v)), x)
     scale = jnp.where(finite, jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
