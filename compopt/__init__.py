@@ -6,14 +6,10 @@ from compopt import exchange
 from compopt import parallel
 from compopt import sampling
 from compopt import theory
-from compopt._src.comm import Bits
-from compopt._src.comm import CommBits
-from compopt._src.comm import comm_bits
-from compopt._src.faults import SkipNonfiniteState
-from compopt._src.faults import skip_nonfinite
-from compopt._src.faults import skipped_steps
+from compopt._src.counters import Bits
+from compopt._src.counters import CommBits
+from compopt._src.counters import comm_bits
 from compopt._src.methods.baselines import majority_vote
-from compopt._src.reshard import reshard_state
 from compopt._src.methods.baselines import scaled_signsgd
 from compopt._src.methods.baselines import signsgd
 from compopt._src.methods.baselines import signum
@@ -21,8 +17,8 @@ from compopt._src.methods.dcsgd import CompressedMeanState
 from compopt._src.methods.dcsgd import compressed_mean
 from compopt._src.methods.dcsgd import dcsgd
 from compopt._src.methods.dcsgd import psgd
-from compopt._src.methods.error_feedback import DoubleSqueezeState
-from compopt._src.methods.error_feedback import EF21State
+from compopt._src.methods.error_feedback import DoubleSqueezeEstimatorState
+from compopt._src.methods.error_feedback import EF21EstimatorState
 from compopt._src.methods.error_feedback import ErrorFeedbackState
 from compopt._src.methods.error_feedback import double_squeeze
 from compopt._src.methods.error_feedback import double_squeeze_estimator
@@ -35,14 +31,18 @@ from compopt._src.methods.comp_ams import ScaleByCompAmsState
 from compopt._src.methods.comp_ams import comp_ams
 from compopt._src.methods.comp_ams import scale_by_comp_ams
 from compopt._src.methods.comp_ams import worker_error_feedback
+from compopt._src.methods.guard import SkipNonfiniteState
+from compopt._src.methods.guard import skip_nonfinite
+from compopt._src.methods.guard import skipped_steps
 from compopt._src.methods.neolithic import neolithic
-from compopt._src.methods.shifted import CompressedIteratesState
+from compopt._src.methods.shifted import GdciState
 from compopt._src.methods.shifted import ShiftedCompressionState
 from compopt._src.methods.shifted import dcgd_shift
 from compopt._src.methods.shifted import diana
 from compopt._src.methods.shifted import gdci
 from compopt._src.methods.shifted import rand_diana
 from compopt._src.methods.shifted import shifted_compression
+from compopt._src.reshard import reshard_state
 from compopt.compressors import Compressor
 
 __version__ = "0.1.0"
@@ -50,12 +50,12 @@ __version__ = "0.1.0"
 __all__ = (
     "Bits",
     "CommBits",
-    "CompressedIteratesState",
     "CompressedMeanState",
     "Compressor",
-    "DoubleSqueezeState",
-    "EF21State",
+    "DoubleSqueezeEstimatorState",
+    "EF21EstimatorState",
     "ErrorFeedbackState",
+    "GdciState",
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
     "SkipNonfiniteState",

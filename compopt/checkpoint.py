@@ -12,68 +12,12 @@ orbax; resuming from them gives bit-for-bit the run that never stopped::
     like = {"params": params_n, "opt": state_n}   # e.g. fresh init, stacked and sharded
     restored = compopt.checkpoint.restore(path, like)
 
-To resume on a different number of workers, :func:`reshard_state` maps the
-stacked state to n new workers where the algorithm allows it, by the rules
-below (from ``compopt._src.reshard``).
+To resume on a different number of workers, ``compopt.reshard_state(state,
+n)`` maps the stacked state to n new workers where the algorithm allows it;
+its docstring lists the rule of every state.
 """
 
-import os as _os
+from compopt._src.checkpoint import restore
+from compopt._src.checkpoint import save
 
-import jax as _jax
-
-from compopt._src import reshard as _reshard
-from compopt._src.reshard import RULES
-from compopt._src.reshard import reshard_state
-
-
-def _path(directory):
-  path = _os.fspath(directory)
-  if not _os.path.isabs(path):
-    path = _os.path.abspath(path)
-  return path
-
-
-def save(directory, tree, *, force: bool = False) -> None:
-  """Writes ``tree`` (params, stacked optimizer states, any pytree of arrays)
-  to ``directory`` with orbax, and waits until it is on disk.
-
-  Args:
-    directory: a path that does not exist yet (or ``force=True``).
-    tree: the pytree to save; sharded arrays are written from all hosts.
-    force: overwrite an existing checkpoint.
-  """
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(_path(directory), tree, force=force)
-    ckptr.wait_until_finished()
-
-
-def restore(directory, like):
-  """Reads a checkpoint written by :func:`save`.
-
-  Args:
-    directory: the checkpoint's path.
-    like: a tree with the structure, shapes, dtypes and (optional) shardings
-      to restore into: concrete arrays (e.g. a freshly initialised, stacked
-      and sharded state) or ``jax.ShapeDtypeStruct``s. NamedTuple states come
-      back as NamedTuples.
-
-  Returns:
-    The restored tree, placed like ``like``.
-  """
-  import orbax.checkpoint as ocp
-
-  def abstract(x):
-    if isinstance(x, _jax.ShapeDtypeStruct):
-      return x
-    sharding = getattr(x, "sharding", None)
-    return _jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-  target = _jax.tree.map(abstract, like)
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(_path(directory), target)
-
-
-__doc__ += "\n" + _reshard.__doc__
-
-__all__ = ("RULES", "reshard_state", "restore", "save")
+__all__ = ("restore", "save")

@@ -15,9 +15,6 @@ E‖C(x) − x‖² ≤ ω‖x‖²; contractive B(δ), E‖C(x) − x‖² ≤ 
 """
 
 from compopt._src.compressors.base import Compressor
-from compopt._src.compressors.base import tree_delta
-from compopt._src.compressors.base import tree_omega
-from compopt._src.compressors.base import tree_wire_bits
 from compopt._src.compressors.combine import bernoulli
 from compopt._src.compressors.combine import fcc
 from compopt._src.compressors.combine import identity
@@ -35,6 +32,9 @@ from compopt._src.compressors.sparse import nu_rand_1
 from compopt._src.compressors.sparse import rand_k
 from compopt._src.compressors.sparse import rand_k_wangni
 from compopt._src.compressors.sparse import top_k
+from compopt._src.compressors.tree import tree_delta
+from compopt._src.compressors.tree import tree_omega
+from compopt._src.compressors.tree import tree_wire_bits
 
 __all__ = (
     "Compressor",

@@ -1,11 +1,9 @@
 """How workers exchange compressed vectors, and the cost model that picks one.
 
-Every method that averages compressed vectors (``compressed_mean``, ``dcsgd``,
-``error_feedback``, ``ef_sgd``, ``ef_signsgd``, ``comp_ams``) takes
-``scheme=``: :func:`allgather` (default), :func:`allreduce`, :func:`two_phase`
-or :func:`auto`. See the table in ``compopt._src.exchange`` (repeated in the
-README's performance section) for the bytes each moves and which methods stay
-exact under which scheme.
+Every method takes ``scheme=``: :func:`allgather` (default),
+:func:`allreduce`, :func:`two_phase` or :func:`auto`. See the table in
+``compopt._src.schemes`` (repeated in the README) for the bytes each moves
+and which methods stay exact under which scheme.
 
 Example:
   >>> import compopt
@@ -16,18 +14,19 @@ Example:
   'allreduce'
 """
 
-from compopt._src.exchange import Auto
-from compopt._src.exchange import AllGather
-from compopt._src.exchange import AllReduce
-from compopt._src.exchange import Network
-from compopt._src.exchange import Scheme
-from compopt._src.exchange import TwoPhase
-from compopt._src.exchange import allgather
-from compopt._src.exchange import allreduce
-from compopt._src.exchange import auto
-from compopt._src.exchange import collective_bytes
-from compopt._src.exchange import collective_seconds
-from compopt._src.exchange import two_phase
+from compopt._src.schemes import Auto
+from compopt._src.schemes import AllGather
+from compopt._src.schemes import AllReduce
+from compopt._src.schemes import Network
+from compopt._src.schemes import Scheme
+from compopt._src.schemes import TwoPhase
+from compopt._src.schemes import TwoPhaseState
+from compopt._src.schemes import allgather
+from compopt._src.schemes import allreduce
+from compopt._src.schemes import auto
+from compopt._src.schemes import collective_bytes
+from compopt._src.schemes import collective_seconds
+from compopt._src.schemes import two_phase
 
 __all__ = (
     "AllGather",
@@ -36,6 +35,7 @@ __all__ = (
     "Network",
     "Scheme",
     "TwoPhase",
+    "TwoPhaseState",
     "allgather",
     "allreduce",
     "auto",

@@ -29,9 +29,11 @@ CASES = [
     ("signsgd_lr", lambda: compopt.signsgd(-1.0), ValueError, r"signsgd: `learning_rate`.*-1\.0"),
     ("signum_lr", lambda: compopt.signum(-1.0), ValueError, r"signum: `learning_rate`.*-1\.0"),
     ("scaled_signsgd_lr", lambda: compopt.scaled_signsgd(-2), ValueError,
-     r"`learning_rate`.*got -2"),
+     r"scaled_signsgd: `learning_rate`.*got -2"),
+    ("ef_signsgd_lr", lambda: compopt.ef_signsgd(-2), ValueError,
+     r"ef_signsgd: `learning_rate`.*got -2"),
     ("diana_lr", lambda: compopt.diana(-1, compressor=RAND), ValueError,
-     r"dcgd_shift: `learning_rate`.*got -1"),
+     r"diana: `learning_rate`.*got -1"),
     ("rand_diana_lr", lambda: compopt.rand_diana([0.1], compressor=RAND), TypeError,
      r"`learning_rate`.*got \[0\.1\]"),
     ("gdci_lr", lambda: compopt.gdci(-1, compressor=RAND, eta=0.5), ValueError,
@@ -80,7 +82,7 @@ CASES = [
     ("diana_alpha", lambda: compopt.diana(0.1, compressor=RAND, alpha=1.5), ValueError,
      r"`alpha` must be in \(0, 1\]; got 1\.5"),
     ("rand_diana_p", lambda: compopt.rand_diana(0.1, compressor=RAND, p=0), ValueError,
-     r"`p` must be in \(0, 1\]; got 0"),
+     r"rand_diana: `p` must be in \(0, 1\]; got 0"),
     ("dcgd_shift_rule", lambda: compopt.dcgd_shift(0.1, compressor=RAND, shift="dynamic"),
      ValueError, r"`shift` must be one of \('fixed', 'star', 'diana', 'rand_diana'\); "
      r"got 'dynamic'"),
@@ -92,6 +94,14 @@ CASES = [
      r"comp_ams: `eps` must be > 0; got 0\.0"),
     ("scale_by_comp_ams_eps", lambda: compopt.scale_by_comp_ams(eps=-1.0), ValueError,
      r"`eps` must be > 0; got -1\.0"),
+    ("dcsgd_scheme", lambda: compopt.dcsgd(0.1, compressor=TOP, scheme="ring"), ValueError,
+     r"dcsgd: `scheme` must be 'allgather', 'allreduce', 'two_phase', 'auto'.*got 'ring'"),
+    ("diana_scheme_server", lambda: compopt.diana(
+        0.1, compressor=RAND, scheme=compopt.exchange.two_phase(TOP)), ValueError,
+     r"diana: needs the exact mean.*`scheme` cannot compress the aggregate again"),
+    ("ef21_scheme_server", lambda: compopt.ef21(
+        0.1, compressor=TOP, scheme=compopt.exchange.two_phase(TOP)), ValueError,
+     r"ef21: needs the exact mean"),
     ("dcsgd_sampling", lambda: compopt.dcsgd(0.1, compressor=TOP, sampling=1.5), ValueError,
      r"`sampling`.*\(0, 1\].*1\.5"),
     # keys, axes and dtypes

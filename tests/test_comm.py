@@ -11,8 +11,9 @@ from jax.sharding import PartitionSpec as P
 
 import compopt
 from compopt import compressors as C
-from compopt._src import comm
-from compopt._src import hlo
+from benchmarks.perf import hlo
+from compopt._src import counters
+from compopt._src import wire
 
 AXIS = "data"
 
@@ -33,16 +34,16 @@ def test_pack_unpack_round_trips_every_dtype_bit_exactly():
       "nan": np.array([np.nan, np.inf], np.float32),
   }
   tree = jax.tree.map(jnp.asarray, tree)
-  buf, spec = comm.pack(tree)
+  buf, spec = wire.pack(tree)
   assert buf.dtype == jnp.uint8
   assert buf.size == sum(np.asarray(l).nbytes for l in jax.tree.leaves(tree))
-  back = comm.unpack(buf, spec)
+  back = wire.unpack(buf, spec)
   for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back)):
     assert a.dtype == b.dtype and a.shape == b.shape
     as_bytes = lambda x: np.asarray(x).reshape(-1).view(np.uint8)
     np.testing.assert_array_equal(as_bytes(a), as_bytes(b))
   # leading (gathered) axes are kept
-  back2 = comm.unpack(jnp.stack([buf, buf]), spec)
+  back2 = wire.unpack(jnp.stack([buf, buf]), spec)
   assert back2["f32"].shape == (2, 3, 2)
 
 
@@ -51,15 +52,15 @@ def test_pack_unpack_round_trips_every_dtype_bit_exactly():
 
 def test_64_bit_counters_are_exact():
   rng = np.random.default_rng(1)
-  total, ref = comm.const64(0), 0
+  total, ref = counters.const64(0), 0
   for _ in range(50):
     value = int(rng.integers(0, 2**40))
     count = int(rng.integers(0, 2**16))
-    total = comm.add64(total, comm.mul64(jnp.int32(count), value))
+    total = counters.add64(total, counters.mul64(jnp.int32(count), value))
     ref += count * value
-  total = comm.add64(total, comm.const64(2**63 - 1))
+  total = counters.add64(total, counters.const64(2**63 - 1))
   ref += 2**63 - 1
-  assert comm._to_int(total) == ref % 2**64
+  assert counters.to_int(total) == ref % 2**64
 
 
 def test_comm_bits_finds_counters_in_nested_optax_states():
@@ -70,13 +71,13 @@ def test_comm_bits_finds_counters_in_nested_optax_states():
       every_k_schedule=1)
   state = opt.init({"w": jnp.zeros(4)})
   assert compopt.comm_bits(state) == (0, 0)
-  big = comm.CommBits(comm.const64(2**40 + 5), comm.const64(3 * 2**33))
+  big = counters.CommBits(counters.const64(2**40 + 5), counters.const64(3 * 2**33))
   state = jax.tree.map(lambda x: x, state)  # copy
-  counters = [l for l in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, comm.CommBits))
-              if isinstance(l, comm.CommBits)]
-  assert len(counters) == 1
-  state = jax.tree.map(lambda x: big if isinstance(x, comm.CommBits) else x, state,
-                       is_leaf=lambda x: isinstance(x, comm.CommBits))
+  found = [l for l in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, counters.CommBits))
+           if isinstance(l, counters.CommBits)]
+  assert len(found) == 1
+  state = jax.tree.map(lambda x: big if isinstance(x, counters.CommBits) else x, state,
+                       is_leaf=lambda x: isinstance(x, counters.CommBits))
   assert compopt.comm_bits(state) == (2**40 + 5, 3 * 2**33)
   with pytest.raises(ValueError, match="no CommBits counter"):
     compopt.comm_bits(optax.sgd(0.1).init(jnp.zeros(2)))
@@ -268,11 +269,3 @@ def test_tree_that_does_not_match_the_state_is_a_clear_error():
   stacked = compopt.parallel.stack(state, 2)
   with pytest.raises(ValueError, match="mapped over its leading axis"):
     opt.update({"w": jnp.zeros(3)}, stacked)
-
-
-def test_pmean_packed_is_one_all_reduce():
-  def f(x):
-    return comm.pmean_packed({"a": x, "b": 2 * x, "flag": (x > 0).astype(jnp.float32)}, AXIS)
-  out = jax.vmap(f, axis_name=AXIS)(jnp.arange(4.0))
-  np.testing.assert_allclose(out["a"], 1.5)
-  np.testing.assert_allclose(out["flag"], 0.75)

@@ -1,5 +1,8 @@
-"""The conformance suite of STYLE.md, run on every method (one worker)."""
-
+"""The conformance suite every method passes, as optax's alias tests do: one
+worker (jit without retracing, extra arguments, bfloat16, init on
+ShapeDtypeStruct, MultiSteps, inject_hyperparams, schedules and chains) and n
+workers (states stacked, the update under a vmap axis). The methods come from
+the one registry in tests/_registry.py."""
 
 import chex
 import jax
@@ -9,43 +12,14 @@ import optax
 import pytest
 
 import compopt
-from compopt import compressors as C
+import _registry as registry
 
-# name -> (factory, kwargs); learning_rate is given separately.
-METHODS = {
-    "psgd": (compopt.psgd, dict(momentum=0.9)),
-    "dcsgd": (compopt.dcsgd, dict(compressor=C.rand_k(2), key=3)),
-    "dcsgd_sampling": (compopt.dcsgd, dict(compressor=C.top_k(2), sampling=0.5, momentum=0.9)),
-    "ef_sgd": (compopt.ef_sgd, dict(compressor=C.top_k(2), key=1)),
-    "ef_signsgd": (compopt.ef_signsgd, dict()),
-    "signsgd": (compopt.signsgd, dict()),
-    "signum": (compopt.signum, dict(momentum=0.9)),
-    "scaled_signsgd": (compopt.scaled_signsgd, dict()),
-    "ef21": (compopt.ef21, dict(compressor=C.natural(), key=2)),
-    "double_squeeze": (compopt.double_squeeze, dict(compressor=C.top_k(2))),
-    "diana": (compopt.diana, dict(compressor=C.rand_k(2), key=4)),
-    "diana_top_k_shift": (compopt.diana, dict(compressor=C.natural(),
-                                              shift_compressor=C.top_k(1))),
-    "rand_diana": (compopt.rand_diana, dict(compressor=C.rand_k(2), p=0.5, key=5)),
-    "dcgd_fixed": (compopt.dcgd_shift, dict(compressor=C.rand_k(2), shift="fixed")),
-    "gdci": (compopt.gdci, dict(compressor=C.natural(), eta=0.5, key=6)),
-    # β's exact in float32, so that inject_hyperparams (float32 arrays) and
-    # Python floats give the same 1 − β.
-    "comp_ams": (compopt.comp_ams, dict(compressor=C.top_k(2), b1=0.75, b2=0.9375)),
-    "comp_ams_optax": (compopt.comp_ams, dict(compressor=C.top_k(2), b1=0.75, b2=0.9375,
-                                              optax_amsgrad=True)),
-    "neolithic": (compopt.neolithic, dict(compressor=C.top_k(1), rounds=2,
-                                          server_compressor=C.top_k(2))),
-}
-# dcgd_shift with shift="star" needs the extra argument optimal_shift= (tested
-# in test_shifted.py). gdci compresses the iterates, so its update needs params.
-NEEDS_PARAMS = {"gdci"}
-NAMES = sorted(METHODS)
+NAMES = registry.NAMES
+NEEDS_PARAMS = registry.NEEDS_PARAMS
 
 
-def _make(name, lr=0.1):
-  factory, kwargs = METHODS[name]
-  return factory(lr, **kwargs)
+def _make(name, lr=0.1, **overrides):
+  return registry.make(name, lr, **overrides)
 
 
 def _params(dtype=jnp.float32):
@@ -141,14 +115,11 @@ def test_inside_multi_steps(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_gives_equal_results(name):
-  factory, kwargs = METHODS[name]
-  # Compressors and samplings are callable or objects: keep them static.
-  # Structural arguments (validated Python numbers) too: optax would turn them
-  # into arrays. Dtype arguments need not be static: optax calls jnp.float32
+  factory, kwargs = registry.METHODS[name][0], registry.kwargs(name)
+  # Compressors, samplings and validated structural numbers stay static (see
+  # registry.STATIC_ARGS). Dtype arguments need not: optax calls jnp.float32
   # as if it were a schedule, and the methods read the dtype off the result.
-  static = tuple(a for a in ("compressor", "sampling", "shift_compressor",
-                             "server_compressor", "rounds", "p", "eta")
-                 if a in kwargs)
+  static = tuple(a for a in registry.STATIC_ARGS if a in kwargs)
   injected = optax.inject_hyperparams(factory, static_args=static)(0.1, **kwargs)
   p1, s1 = _run(injected)
   p2, s2 = _run(factory(0.1, **kwargs))
@@ -159,9 +130,8 @@ def test_inject_hyperparams_gives_equal_results(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_schedule_and_optax_chain(name):
-  factory, kwargs = METHODS[name]
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-3),
-                    factory(optax.cosine_decay_schedule(0.1, 10), **kwargs))
+                    _make(name, optax.cosine_decay_schedule(0.1, 10)))
   params, _ = _run(opt)
   chex.assert_tree_all_finite(params)
 
@@ -170,7 +140,66 @@ def test_inject_hyperparams_keeps_the_state_dtype():
   # optax calls jnp.float32 as if it were a schedule; the float32 error buffer
   # must survive that, also for bfloat16 params.
   opt = optax.inject_hyperparams(compopt.ef_sgd, static_args="compressor")(
-      learning_rate=0.1, compressor=C.top_k(1), error_dtype=jnp.float32)
+      learning_rate=0.1, compressor=compopt.compressors.top_k(1), error_dtype=jnp.float32)
   state = opt.init({"w": jnp.ones(4, jnp.bfloat16)})
   errors = [s for s in jax.tree.leaves(state.inner_state) if s.shape == (4,)]
   assert errors and all(e.dtype == jnp.float32 for e in errors)
+
+
+def test_every_public_method_is_registered():
+  registered = {registry.METHODS[name][0].__name__ for name in NAMES}
+  assert registry.public_methods() <= registered, registry.public_methods() - registered
+
+
+# ------------------------------------------------------------- n workers
+
+N_WORKERS = 4
+AXIS = "workers"
+
+
+def _worker_grads(t, n=N_WORKERS):
+  keys = jax.random.split(jax.random.PRNGKey(100 + t), n)
+  return jax.vmap(lambda k: jax.tree.map(lambda p: jax.random.normal(k, p.shape), _params()))(
+      keys)
+
+
+def _run_workers(opt, steps=3):
+  """``steps`` updates of n stacked workers under jit(vmap(axis_name=AXIS));
+  the step is traced once; returns the params and the state after each step."""
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state, grads):
+    def one(p, s, g):
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    return jax.vmap(one, axis_name=AXIS)(params, state, grads)
+
+  params = compopt.parallel.stack(_params(), N_WORKERS)
+  state = compopt.parallel.stack(opt.init(_params()), N_WORKERS)
+  states = [state]
+  for t in range(steps):
+    params, state = step(params, state, _worker_grads(t))
+    states.append(state)
+  return params, states
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_n_workers_state_is_stable_and_params_stay_replicated(name):
+  params, states = _run_workers(_make(name, axis_name=AXIS, n=N_WORKERS))
+  for state in states[1:]:  # structure, shapes and dtypes as init made them
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, states[0])
+    assert jax.tree.structure(state) == jax.tree.structure(states[0])
+  chex.assert_tree_all_finite(params)
+  for leaf in jax.tree.leaves(params):  # every worker applied the same update
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
+  assert min(compopt.comm_bits(states[-1]).downlink) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_n_workers_allreduce_scheme_gives_the_allgather_numbers(name):
+  default, _ = _run_workers(_make(name, axis_name=AXIS, n=N_WORKERS), steps=2)
+  allreduce, _ = _run_workers(_make(name, axis_name=AXIS, n=N_WORKERS, scheme="allreduce"),
+                              steps=2)
+  chex.assert_trees_all_close(allreduce, default, rtol=1e-5, atol=1e-6)

@@ -168,9 +168,9 @@ def test_two_phase_server_error_feedback_loses_nothing():
     u, state = step(g, state)
     total_out += _flat(u)[0]
     total_sign += np.where(_flat(g) < 0, -1.0, 1.0).mean(0)
-  e = _flat(state.server_error).sum(0)  # each owner holds its chunk, zeros elsewhere
+  e = _flat(state.scheme_state).sum(0)  # each owner holds its chunk, zeros elsewhere
   np.testing.assert_allclose(total_out + e, total_sign, rtol=1e-5, atol=1e-5)
-  per_worker = _flat(state.server_error).reshape(N, 13)
+  per_worker = _flat(state.scheme_state).reshape(N, 13)
   for i in range(N):  # owner i's residual lies in its chunk [4i, 4i + 4) only
     outside = np.delete(per_worker[i], np.arange(4 * i, min(4 * i + 4, 13)))
     assert np.all(outside == 0)
@@ -225,9 +225,9 @@ def test_reshard_moves_the_server_error_to_the_new_owners():
   state = compopt.parallel.stack(opt.init(TREE), N)
   step = jax.jit(jax.vmap(opt.update, axis_name="w"))
   _, state = step(_grads(seed=2), state)
-  total = _flat(state.server_error).sum(0)
+  total = _flat(state.scheme_state).sum(0)
   new = compopt.reshard_state(state, 3)
-  per = _flat(new.server_error)
+  per = _flat(new.scheme_state)
   np.testing.assert_allclose(per.sum(0), total, rtol=1e-6)
   chunk = math.ceil(13 / 3)
   for j in range(3):  # new owner j holds its new chunk only

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from compopt import compressors as C
-from compopt._src.compressors import base
+from compopt._src.compressors import fusion
 from compopt._src.compressors import quantize
+from compopt._src.compressors import rng
 from compopt._src.compressors import sparse
 
 
@@ -28,7 +29,7 @@ def _np_top_k(x, k):
 @pytest.fixture
 def large_paths(monkeypatch):
   """The code paths of large arrays (conds, one-pass norm) on small ones."""
-  monkeypatch.setattr(base, "ISOLATE_MIN", 0)
+  monkeypatch.setattr(fusion, "ISOLATE_MIN", 0)
 
 
 @pytest.fixture
@@ -95,19 +96,19 @@ def test_block_top_k_with_k_and_bad_block_size():
 
 
 def test_random_bits_are_a_keyed_bijection_and_uniform():
-  bits = np.asarray(base.random_bits(jax.random.key(0), 1 << 16))
+  bits = np.asarray(rng.random_bits(jax.random.key(0), 1 << 16))
   assert np.unique(bits).size == bits.size  # distinct per coordinate
-  other = np.asarray(base.random_bits(jax.random.key(1), 1 << 16))
+  other = np.asarray(rng.random_bits(jax.random.key(1), 1 << 16))
   assert np.mean(bits == other) < 1e-3
   # chi-square of the top 4 bits and the low 4 bits over 16 cells
   for cells in (bits >> 28, bits & 15):
     counts = np.bincount(cells, minlength=16)
     chi2 = np.sum((counts - bits.size / 16) ** 2 / (bits.size / 16))
     assert chi2 < 45  # 15 dof: P(chi2 > 45) < 1e-4
-  u = np.asarray(base.uniform(jax.random.key(3), 100_000))
+  u = np.asarray(rng.uniform(jax.random.key(3), 100_000))
   assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
   with jax.enable_x64(True):
-    u64 = np.asarray(base.uniform(jax.random.key(3), 100_000, np.float64))
+    u64 = np.asarray(rng.uniform(jax.random.key(3), 100_000, np.float64))
   assert u64.dtype == np.float64 and u64.min() >= 0 and u64.max() < 1
   assert abs(u64.mean() - 0.5) < 0.005
   assert np.unique(u64).size == u64.size  # 53 random bits, no float32 grid
@@ -116,7 +117,7 @@ def test_random_bits_are_a_keyed_bijection_and_uniform():
 def test_random_bits_are_uniform_over_keys_for_each_coordinate():
   """What unbiasedness needs: for a fixed coordinate, uniform over keys."""
   keys = jax.random.split(jax.random.key(0), 4000)
-  words = np.asarray(jax.vmap(lambda k: base.random_bits(k, 8))(keys))
+  words = np.asarray(jax.vmap(lambda k: rng.random_bits(k, 8))(keys))
   for j in range(8):
     counts = np.bincount(words[:, j] >> 29, minlength=8)
     chi2 = np.sum((counts - 500) ** 2 / 500)
@@ -183,13 +184,13 @@ def test_norm_fast_path_and_scaled_fallback(scale, large_paths):
 
 def test_isolated_and_materialize_are_the_identity_under_jit_and_vmap(large_paths):
   x = jnp.arange(12, dtype=jnp.uint8)
-  assert np.array_equal(jax.jit(base.materialize)(x), x)
+  assert np.array_equal(jax.jit(fusion.materialize)(x), x)
   xs = jnp.stack([x, x + 1])
-  assert np.array_equal(jax.vmap(base.materialize)(xs), xs)
+  assert np.array_equal(jax.vmap(fusion.materialize)(xs), xs)
   v = jnp.asarray([jnp.nan, 1.0, -2.0])
   fn = lambda v: (jnp.sum(jnp.abs(v[1:])), v * 2)
-  got = jax.jit(lambda v: base.isolated(fn, v))(v)
+  got = jax.jit(lambda v: fusion.isolated(fn, v))(v)
   assert float(got[0]) == 3.0 and np.array_equal(got[1], v * 2, equal_nan=True)
   vs = jnp.stack([v, -v])
-  got = jax.vmap(lambda v: base.isolated(fn, v))(vs)
+  got = jax.vmap(lambda v: fusion.isolated(fn, v))(vs)
   np.testing.assert_array_equal(got[0], [3.0, 3.0])

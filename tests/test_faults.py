@@ -10,8 +10,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import compopt
+from benchmarks.perf import hlo
 from compopt import compressors as C
-from compopt._src import hlo
 
 AXIS = "data"
 N = 8

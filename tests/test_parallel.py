@@ -9,43 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+import _registry as registry
 import compopt
 from compopt import compressors as C
 
 AXIS = "data"
 N = 8
-
-METHODS = {
-    "psgd": lambda: compopt.psgd(0.1, axis_name=AXIS, momentum=0.9),
-    "dcsgd_rand_k": lambda: compopt.dcsgd(0.1, compressor=C.rand_k(2), axis_name=AXIS, key=1),
-    "dcsgd_shared_rand_k_nice": lambda: compopt.dcsgd(
-        0.1, compressor=C.rand_k(2, shared=True), axis_name=AXIS,
-        sampling=compopt.sampling.nice(3)),
-    "dcsgd_induced_bernoulli": lambda: compopt.dcsgd(
-        0.1, compressor=C.induced(C.top_k(1), C.rand_k_wangni(1)), axis_name=AXIS,
-        sampling=[0.5] * N, momentum=0.9),
-    "ef_sgd": lambda: compopt.ef_sgd(0.1, compressor=C.top_k(2), axis_name=AXIS),
-    "ef_signsgd": lambda: compopt.ef_signsgd(optax.linear_schedule(0.1, 0.01, 4),
-                                             axis_name=AXIS),
-    "signsgd": lambda: compopt.signsgd(0.1, axis_name=AXIS),
-    "signum": lambda: compopt.signum(0.1, axis_name=AXIS),
-    "scaled_signsgd": lambda: compopt.scaled_signsgd(0.1, axis_name=AXIS),
-    "ef21": lambda: compopt.ef21(0.1, compressor=C.natural(), axis_name=AXIS),
-    "double_squeeze": lambda: compopt.double_squeeze(
-        0.1, compressor=C.top_k(2), server_compressor=C.qsgd(4), axis_name=AXIS),
-    "diana": lambda: compopt.diana(0.1, compressor=C.rand_k(2), axis_name=AXIS, key=2),
-    "diana_top_k_shift": lambda: compopt.diana(0.1, compressor=C.natural(),
-                                               shift_compressor=C.top_k(1), axis_name=AXIS),
-    "rand_diana": lambda: compopt.rand_diana(0.1, compressor=C.rand_k(2), p=0.5,
-                                             axis_name=AXIS, key=3),
-    "dcgd_fixed": lambda: compopt.dcgd_shift(0.1, compressor=C.rand_k(2), shift="fixed",
-                                             axis_name=AXIS),
-    "gdci": lambda: compopt.gdci(0.1, compressor=C.natural(), eta=0.5, axis_name=AXIS),
-    "comp_ams": lambda: compopt.comp_ams(0.01, compressor=C.top_k(2), axis_name=AXIS),
-    "neolithic": lambda: compopt.neolithic(
-        0.1, compressor=C.scaled(C.rand_k(1), 0.2), rounds=3, server_compressor=C.top_k(2),
-        axis_name=AXIS),
-}
 
 
 def _loss(params, batch):
@@ -60,9 +29,9 @@ def _problem():
   return params, batch
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", registry.NAMES)
 def test_vmap_pmap_shard_map_agree(name):
-  opt = METHODS[name]()
+  opt = registry.make(name, axis_name=AXIS, n=N)
   params, batch = _problem()
 
   def step(params, state, batch):  # one worker
@@ -98,6 +67,11 @@ def test_vmap_pmap_shard_map_agree(name):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
     assert compopt.comm_bits(s) == compopt.comm_bits(ref_s), mode
   assert sum(compopt.comm_bits(ref_s).uplink) > 0
+  # the state keeps its shapes, dtypes and sharding over the mesh across steps
+  placed = compopt.parallel.shard(state_n, mesh, AXIS)
+  for before, after in zip(jax.tree.leaves(placed), jax.tree.leaves(results["shard_map"][1])):
+    assert (before.shape, before.dtype) == (after.shape, after.dtype)
+    assert before.sharding.is_equivalent_to(after.sharding, before.ndim)
 
 
 def test_stack_worker_unstack():

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from benchmarks.perf import network  # noqa: E402
-from compopt._src import exchange  # noqa: E402
+from compopt import exchange  # noqa: E402
 
 ALPHA_US = 10.0
 D = 4e6           # dense float32 bytes (1M coordinates)

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import compopt
 from compopt import compressors as C
-from compopt._src import comm
+from compopt._src import wire
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -51,7 +51,7 @@ def arrays(draw):
 
 
 def _payload_bits(payload):
-  buf, _ = comm.pack(payload)
+  buf, _ = wire.pack(payload)
   return int(buf.size) * 8
 
 

@@ -8,7 +8,7 @@ of ``decode`` of one payload of the whole gradient tree (ResNet-18, CIFAR,
 11.2M float32 coordinates; a flat 1M vector with ``--quick``), and the exact
 payload size ``P = tree_wire_bits / 8`` bytes. ``D = 4·d`` is the dense
 float32 gradient in bytes. Everything else is the α-β model of
-:mod:`compopt._src.exchange` (``compopt.exchange``) with ring algorithms.
+:mod:`compopt.exchange` with ring algorithms.
 
 With n workers, α the latency of one message and β the bandwidth of each
 worker's link in bytes/s, the time of one step is::
@@ -88,8 +88,8 @@ from typing import Any, Sequence
 import jax
 
 import compopt
-from compopt._src import exchange
-from compopt._src.compressors import base as cbase
+from compopt import compressors as cc
+from compopt import exchange
 
 from benchmarks.perf import harness
 from benchmarks.perf import trees
@@ -109,7 +109,7 @@ _MARKERS = {"allgather": "o", "allreduce": "s", "two_phase": "^"}
 _REL_TIE = 1e-9  # totals this close are a tie, broken by the order of SCHEMES
 
 
-def default_compressors() -> dict[str, cbase.Compressor]:
+def default_compressors() -> dict[str, cc.Compressor]:
   """The handful of compressors ``main`` measures (the dense baseline is added)."""
   c = compopt.compressors
   return {
@@ -129,7 +129,7 @@ def _num_coords(tree: Any) -> int:
 # -------------------------------------------------------------------- measure
 
 
-def measure(tree: Any, compressors: dict[str, cbase.Compressor], reps: int = 3,
+def measure(tree: Any, compressors: dict[str, cc.Compressor], reps: int = 3,
             seed: int = 0) -> list[dict]:
   """Encode and decode seconds and payload bytes of each compressor on ``tree``.
 
@@ -167,7 +167,7 @@ def measure(tree: Any, compressors: dict[str, cbase.Compressor], reps: int = 3,
     decode_s = harness.time_call(lambda: dec(payload, key), reps=reps)
     rows.append(dict(
         name=name, coords=d, encode_s=encode_s, decode_s=decode_s,
-        payload_bytes=cbase.tree_wire_bits(c, shapes) / 8,
+        payload_bytes=cc.tree_wire_bits(c, shapes) / 8,
         payload_array_bytes=float(sum(l.nbytes for l in jax.tree.leaves(payload))),
         dense_bytes=dense_bytes))
   return rows

@@ -8,7 +8,7 @@ leaves), each compressor and each exchange scheme, the exchange of one step
 (``compopt``'s communication layer, as every method calls it) is compiled
 under ``jax.shard_map`` on n = 2, 4, 8, 16 and 32 devices, and the operand
 bytes of every collective in the compiled HLO are read out
-(``compopt._src.hlo``). Bytes each worker *receives* follow from the operand
+(``benchmarks.perf.hlo``). Bytes each worker *receives* follow from the operand
 bytes B of each collective (ring algorithms; what it sends is the same):
 
 * all-gather: (n − 1)·B (everybody else's buffer);
@@ -30,11 +30,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.perf import harness
+from benchmarks.perf import hlo
 from benchmarks.perf import trees
 from compopt import compressors as C
+from compopt import exchange
 from compopt._src import comm
-from compopt._src import exchange
-from compopt._src import hlo
 
 NS = (2, 4, 8, 16, 32)
 
@@ -73,8 +73,8 @@ def exchange_hlo_bytes(compressor, scheme, shapes, n: int) -> dict[str, int]:
 
   def one_worker(tree, key):
     tree = jax.tree.map(lambda a: a[0], tree)
-    out = comm.exchange(compressor, tree, key, "w", scheme=scheme,
-                        server_error=comm.init_server_error(scheme, tree))
+    out = comm.exchange(compressor, tree, key, "w", scheme=scheme, state=scheme.init(tree),
+                        owner="exchange_hlo_bytes")
     return jax.tree.map(lambda a: a[None], out.mean)
 
   fn = jax.shard_map(one_worker, mesh=mesh, in_specs=(P("w"), P()), out_specs=P("w"))

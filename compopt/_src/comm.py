@@ -3,31 +3,33 @@
 Workers are the slots of a named axis (``jax.vmap(..., axis_name=...)``,
 ``jax.pmap`` or ``jax.shard_map``); ``axis_name=None`` means one worker and no
 collective. Methods never call a collective themselves: they call
-:func:`compressed_mean`, which
+:func:`exchange`, which
 
 * encodes each worker's tree with the compressor (per-worker randomness:
   ``fold_in(key, lax.axis_index(axis_name))``; compressors whose randomness is
   shared with the receiver, ``decode_needs_key``, use the unfolded key);
-* picks the collective that fits the compressor:
+* moves the payloads by the method's exchange scheme (``compopt.exchange``):
 
-  - ``identity``: a dense all-reduce (psum, then divide by n);
-  - ``rand_k(shared=True)``: an all-reduce of the values-only payloads (every
-    worker kept the same positions), decoded once;
-  - everything else, by the method's exchange scheme (:func:`exchange`,
-    ``compopt.exchange``): by default the whole payload tree of the step is
-    bit-cast to bytes and packed into ONE uint8 buffer, all-gathered once,
-    split, bit-cast back, and every worker's payload is decoded (vmap over
-    the gathered axis) and averaged. The bytes on the wire are exactly the
-    payload's bytes. ``allreduce`` decodes locally and all-reduces the dense
-    float32 vector; ``two_phase`` all-to-alls chunk payloads to their owners,
-    who average (and may re-compress with their own error feedback) and
-    all-gather the chunks;
+  - ``allgather``: the whole payload tree of the step is bit-cast to bytes
+    and packed into ONE uint8 buffer, all-gathered once, split, bit-cast
+    back, and every worker's payload is decoded (vmap over the gathered
+    axis) and averaged. The bytes on the wire are exactly the payload's;
+  - ``allreduce``: each worker decodes its own payload and the dense float32
+    vectors are all-reduced;
+  - ``two_phase``: chunk payloads go to their owners by an all-to-all; each
+    owner averages its chunk (and may re-compress it with its own error
+    feedback) and the chunks are all-gathered;
+  - compressors with a linear, shared payload (``linear_payload``: identity,
+    ``rand_k(shared=True)``), under every scheme but ``two_phase``: the
+    payloads themselves are all-reduced and decoded once;
 
-* applies partial participation (paper 000 §4.2): the sampled set S is drawn
-  from a key common to all workers, non-members send zeros, and the aggregate
-  is Σ_{i∈S} Δ_i/(n p_i);
-* returns the bits each worker sent and received, which methods add to a
-  :class:`CommBits` counter in their state (:func:`comm_bits` reads them out).
+* applies partial participation (Horváth & Richtárik 2021, §4.2): the
+  sampled set S is drawn from a key common to all workers, non-members send
+  zeros, and the aggregate is Σ_{i∈S} Δ_i/(n p_i);
+* returns the aggregate in float32 (methods cast once, at their output), this
+  worker's own C(x_i) if asked, the bits this worker sent and received (which
+  methods add to a :class:`compopt.CommBits` counter in their state) and the
+  scheme's new state.
 
 Bit-accounting convention (per worker, per exchange):
 
@@ -35,16 +37,15 @@ Bit-accounting convention (per worker, per exchange):
   downlink = the buffer bits of the other members of S.
 * all-to-all (two_phase): the n − 1 chunk payloads sent to others up, the
   n − 1 received down (members of S only, with sampling).
-* all-reduce (identity, shared rand_k, allreduce): a ring all-reduce over the n workers
-  of the axis moves ⌊2(n − 1)·D/n⌋ bits each way for a D-bit buffer. Every
-  worker of the axis takes part in the ring (non-members of S contribute
-  zeros), so this is counted for every worker.
+* all-reduce (linear payloads, allreduce): a ring all-reduce over the n
+  workers of the axis moves ⌊2(n − 1)·D/n⌋ bits each way for a D-bit buffer.
+  Every worker of the axis takes part in the ring (non-members of S
+  contribute zeros), so this is counted for every worker.
 * ``axis_name=None``: nothing is sent.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -52,122 +53,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from compopt._src import exchange as exchange_lib
+from compopt._src import counters
 from compopt._src import sampling as sampling_lib
+from compopt._src import schemes
+from compopt._src import wire
 from compopt._src.compressors import base as cbase
-from compopt._src.compressors import combine as ccombine
-from compopt._src.compressors import sparse as csparse
+from compopt._src.compressors import tree as ctree
 
-# --------------------------------------------------------------------- counters
-
-_MASK32 = (1 << 32) - 1
-
-
-class CommBits(NamedTuple):
-  """Exact 64-bit counters of the bits one worker sent and received.
-
-  Each field is a uint32[2] array ``[hi, lo]`` (JAX runs without 64-bit types
-  by default), read out as Python ints by :func:`comm_bits`.
-  """
-  uplink: jax.Array
-  downlink: jax.Array
-
-
-def zero_bits() -> CommBits:
-  return CommBits(jnp.zeros((2,), jnp.uint32), jnp.zeros((2,), jnp.uint32))
-
-
-def const64(value: int) -> jax.Array:
-  """A Python int in [0, 2**64) as a uint32[2] ``[hi, lo]`` pair."""
-  value = int(value)
-  if not 0 <= value < 2**64:
-    raise OverflowError(f"bit count {value} does not fit in 64 bits")
-  return jnp.array([value >> 32, value & _MASK32], jnp.uint32)
-
-
-def add64(a: jax.Array, b: jax.Array) -> jax.Array:
-  """(a + b) mod 2**64 on ``[hi, lo]`` uint32 pairs, with the carry."""
-  lo = a[1] + b[1]
-  carry = (lo < a[1]).astype(jnp.uint32)
-  return jnp.stack([a[0] + b[0] + carry, lo])
-
-
-def mul64(count: jax.Array, value: int) -> jax.Array:
-  """count · value as a ``[hi, lo]`` pair, exactly, for a traced integer
-  0 <= count < 2**16 and a static Python int value < 2**64."""
-  c = jnp.asarray(count).astype(jnp.uint32)
-  total = jnp.zeros((2,), jnp.uint32)
-  for limb in range(4):  # value = Σ_l v_l 2^(16 l), v_l < 2^16, c·v_l < 2^32
-    v = (int(value) >> (16 * limb)) & 0xFFFF
-    if v == 0:
-      continue
-    p = c * jnp.uint32(v)
-    shift = 16 * limb
-    if shift == 0:
-      part = jnp.stack([jnp.uint32(0), p])
-    elif shift == 16:
-      part = jnp.stack([p >> 16, p << 16])
-    elif shift == 32:
-      part = jnp.stack([p, jnp.uint32(0)])
-    else:
-      part = jnp.stack([p << 16, jnp.uint32(0)])
-    total = add64(total, part)
-  return total
-
-
-def add_bits(bits: CommBits, sent: CommBits) -> CommBits:
-  return CommBits(add64(bits.uplink, sent.uplink), add64(bits.downlink, sent.downlink))
-
-
-def _to_int(pair) -> Any:
-  pair = np.asarray(pair).astype(np.uint64)
-  values = (pair[..., 0] << np.uint64(32)) | pair[..., 1]
-  if values.ndim == 0:
-    return int(values)
-  return [int(v) for v in values.reshape(-1)]
-
-
-class Bits(NamedTuple):
-  """Bits sent (uplink) and received (downlink) by one worker, as Python ints
-  (lists of ints, one per worker, for states stacked on a worker axis)."""
-  uplink: Any
-  downlink: Any
-
-
-def comm_bits(state) -> Bits:
-  """Total bits sent and received, read from anywhere in an optax state.
-
-  Finds every :class:`CommBits` counter in ``state`` (also inside
-  ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``) and
-  adds them up exactly, as Python ints.
-
-  Args:
-    state: an optimizer state of one worker, or states stacked on a leading
-      worker axis (as used with ``jax.vmap``, ``jax.pmap`` or ``shard_map``).
-
-  Returns:
-    ``Bits(uplink, downlink)``: ints for one worker; lists of ints (one per
-    worker) for stacked states.
-
-  Example:
-    >>> import compopt, jax.numpy as jnp
-    >>> opt = compopt.dcsgd(0.1, compressor=compopt.compressors.top_k(1))
-    >>> state = opt.init({"w": jnp.zeros(4)})
-    >>> compopt.comm_bits(state)
-    Bits(uplink=0, downlink=0)
-  """
-  counters = [leaf for leaf in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, CommBits)) if isinstance(leaf, CommBits)]
-  if not counters:
-    raise ValueError(
-        "comm_bits: found no CommBits counter in `state`; pass the state of a "
-        "compopt method (or an optax state that contains one)")
-  up = [_to_int(c.uplink) for c in counters]
-  down = [_to_int(c.downlink) for c in counters]
-  if isinstance(up[0], list):
-    return Bits([sum(v) for v in zip(*up)], [sum(v) for v in zip(*down)])
-  return Bits(sum(up), sum(down))
-
+#: The dtype of every aggregate: reductions run in float32.
+ACCUMULATION_DTYPE = jnp.float32
 
 # ------------------------------------------------------------------------ axis
 
@@ -198,46 +92,7 @@ def worker_key(key, axis_name):
   return jax.random.fold_in(key, lax.axis_index(axis_name))
 
 
-# ---------------------------------------------------------------- byte packing
-
-
-def _to_bytes(x: jax.Array) -> jax.Array:
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  # itemsize 1: same shape; wider types gain a trailing axis of itemsize bytes
-  return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
-
-
-def _from_bytes(buf: jax.Array, shape, dtype) -> jax.Array:
-  """Inverse of :func:`_to_bytes` on the last axis of ``buf`` (leading axes kept)."""
-  dtype = np.dtype(dtype)
-  lead = buf.shape[:-1]
-  if dtype == np.bool_:
-    return buf.reshape(lead + tuple(shape)) != 0
-  if dtype.itemsize == 1:
-    return lax.bitcast_convert_type(buf, dtype).reshape(lead + tuple(shape))
-  b = buf.reshape(lead + tuple(shape) + (dtype.itemsize,))
-  return lax.bitcast_convert_type(b, dtype)
-
-
-def pack(tree) -> tuple[jax.Array, Any]:
-  """All arrays of ``tree`` as one uint8 buffer, and what :func:`unpack` needs."""
-  leaves, treedef = jax.tree.flatten(tree)
-  specs = [(tuple(l.shape), np.dtype(l.dtype)) for l in leaves]
-  if not leaves:
-    return jnp.zeros((0,), jnp.uint8), (treedef, specs)
-  return jnp.concatenate([_to_bytes(l) for l in leaves]), (treedef, specs)
-
-
-def unpack(buf: jax.Array, spec) -> Any:
-  """Inverse of :func:`pack`; ``buf`` may have leading axes (e.g. gathered)."""
-  treedef, specs = spec
-  out, offset = [], 0
-  for shape, dtype in specs:
-    nbytes = math.prod(shape) * dtype.itemsize
-    out.append(_from_bytes(buf[..., offset:offset + nbytes], shape, dtype))
-    offset += nbytes
-  return treedef.unflatten(out)
+# --------------------------------------------------------- control collectives
 
 
 def _psum_packed(arrays: list, axis_name) -> list:
@@ -248,17 +103,6 @@ def _psum_packed(arrays: list, axis_name) -> list:
   one all-reduce op with several operands.
   """
   return list(lax.psum(tuple(arrays), axis_name))
-
-
-def pmean_packed(tree, axis_name):
-  """Mean over the axis of a tree of (small) arrays, in one all-reduce per
-  dtype. For predicates and scalars a method must agree on."""
-  if axis_name is None:
-    return tree
-  leaves, treedef = jax.tree.flatten(tree)
-  n = lax.axis_size(axis_name)
-  summed = _psum_packed([jnp.asarray(l) for l in leaves], axis_name)
-  return treedef.unflatten([s / n for s in summed])
 
 
 def has_nonfinite(tree) -> jax.Array:
@@ -277,7 +121,7 @@ def any_worker(flag, axis_name, *, owner: str = "any_worker") -> jax.Array:
 
   For decisions all workers must take together (e.g. skipping a step): reduce
   the predicate first with this, then branch on the result. Not counted in
-  :class:`CommBits`, which count payloads.
+  :class:`compopt.CommBits`, which count payloads.
   """
   flag = jnp.asarray(flag).astype(jnp.int32)
   if axis_name is None:
@@ -293,70 +137,56 @@ def _ring_bits(n: int, dense_bits: int) -> int:
 # -------------------------------------------------------------- the exchange
 
 
-def _is_identity(c) -> bool:
-  return isinstance(c, ccombine.Identity)
-
-
-def _is_shared_rand_k(c) -> bool:
-  return isinstance(c, csparse.RandK) and c.shared
-
-
 class Exchanged(NamedTuple):
   """What :func:`exchange` returns."""
-  mean: Any  # Σ_{i∈S} C(x_i)/(n p_i), shaped and typed like the input tree
-  own: Any  # this worker's own dense C(x_i) (None unless asked for)
-  sent: CommBits  # bits this worker sent / received in this exchange
-  server_error: Any  # the owners' residual e_s (two_phase with error feedback)
-
-
-def init_server_error(scheme, params):
-  """The ``server_error`` a method keeps for ``scheme``: float32 zeros shaped
-  like ``params`` for ``two_phase`` with a server compressor and error
-  feedback (each worker only uses the chunk it owns), else ``()``."""
-  if not exchange_lib.needs_server_state(scheme):
-    return ()
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  mean: Any  # Σ_{i∈S} C(x_i)/(n p_i), shaped like the input tree, float32 leaves
+  own: Any  # this worker's own dense C(x_i) in x_i's dtype (None unless asked for)
+  sent: counters.CommBits  # bits this worker sent / received in this exchange
+  state: Any  # the scheme's new state
 
 
 def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
+             scheme: schemes.Scheme, state: Any,
              sampling: sampling_lib.Sampling | None = None,
-             scheme: exchange_lib.Scheme | None = None, server_error=(),
-             owner: str = "compressed_mean", return_own: bool = False) -> Exchanged:
+             owner: str, return_own: bool = False) -> Exchanged:
   """Σ_{i∈S} C(x_i)/(n p_i) over the workers of ``axis_name`` (mean_i C(x_i)
   without sampling) by the exchange ``scheme``, and the bits this worker sent
-  and received.
+  and received. The one entry point of every method into the communication
+  layer.
 
   Args:
     compressor: a compopt compressor.
     tree: this worker's pytree x_i (floating arrays).
     key: the step key, identical on every worker (uint32[2]).
     axis_name: the worker axis, or None for one worker.
+    scheme: the method's exchange scheme, resolved when it was built
+      (``schemes.resolve``).
+    state: the scheme's state, as ``scheme.init`` made it or the previous
+      exchange returned it; the method keeps it without looking inside.
     sampling: optional partial participation (``compopt.sampling``).
-    scheme: a ``compopt.exchange`` scheme (None: all-gather).
-    server_error: the method's ``server_error`` (see :func:`init_server_error`).
     owner: the name used in error messages.
     return_own: also return this worker's own dense C(x_i) (error feedback
       needs it), decoded from the payload it sent.
   """
-  scheme = exchange_lib.resolve(scheme, owner)
+  if not isinstance(scheme, schemes.Scheme):
+    raise TypeError(f"{owner}: exchange needs a resolved scheme; got {scheme!r}")
+  n, i = axis_info(axis_name, owner)
   leaves = jax.tree.leaves(tree)
-  special = _is_identity(compressor) or _is_shared_rand_k(compressor)
-  if axis_name is not None and not special:
-    n = axis_info(axis_name, owner)[0]
-    if isinstance(scheme, exchange_lib.Auto):
-      payload_bytes = cbase.tree_wire_bits(compressor, tree) / 8
-      dense_bytes = 4 * sum(l.size for l in leaves)
-      scheme = scheme.choose(payload_bytes, dense_bytes, n)
-    if isinstance(scheme, exchange_lib.AllReduce):
-      return _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own)
-    if isinstance(scheme, exchange_lib.TwoPhase):
-      return _two_phase(compressor, tree, key, axis_name, sampling, scheme,
-                        server_error, owner, return_own)
-  out = compressed_mean(compressor, tree, key, axis_name, sampling=sampling,
-                        owner=owner, return_own=return_own)
-  if return_own:
-    return Exchanged(out[0], out[1], out[2], server_error)
-  return Exchanged(out[0], None, out[1], server_error)
+  if axis_name is not None and isinstance(scheme, schemes.TwoPhase):
+    return _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
+                      return_own)
+  if compressor.linear_payload:
+    out = _linear(compressor, tree, key, axis_name, sampling, owner, return_own)
+    return out._replace(state=state)
+  if axis_name is not None and isinstance(scheme, schemes.Auto):
+    payload_bytes = ctree.tree_wire_bits(compressor, tree) / 8
+    dense_bytes = 4 * sum(l.size for l in leaves)
+    scheme = scheme.choose(payload_bytes, dense_bytes, n)
+  if axis_name is not None and isinstance(scheme, schemes.AllReduce):
+    out = _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own)
+  else:
+    out = _allgather(compressor, tree, key, axis_name, sampling, owner, return_own)
+  return out._replace(state=state)
 
 
 def _weights(sampling, key, n, i, owner):
@@ -370,11 +200,85 @@ def _weights(sampling, key, n, i, owner):
 
 
 def _weighted_sum(decoded, weights):
-  """Σ_j w_j d_j over the leading axis; where, not a product: a non-member's
-  zero payload may decode to NaN."""
-  d = decoded.astype(jnp.float32)
+  """Σ_j w_j d_j over the leading axis, in float32; where, not a product: a
+  non-member's zero payload may decode to NaN."""
+  d = decoded.astype(ACCUMULATION_DTYPE)
   w = weights.reshape((weights.shape[0],) + (1,) * (d.ndim - 1))
   return jnp.sum(jnp.where(w > 0, d * w, 0), axis=0)
+
+
+def _like(leaves):
+  return [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
+
+
+def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
+  """ONE all-reduce of the payloads, decoded once: for a linear payload that
+  every worker encoded with the same key (the positions of shared rand_k)."""
+  n, i = axis_info(axis_name, owner)
+  compress_key, sample_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(tree)
+  like = _like(leaves)
+  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  payload = compressor.encode(compress_key, leaves)
+  own = compressor.decode(payload, like, key=compress_key) if return_own else None
+  if member is not None:  # members send C(x_i)/p_i, the others zeros
+    scale = weights[i] * n
+    payload = jax.tree.map(
+        lambda p: jnp.where(member, p.astype(jnp.float32) * scale, 0).astype(p.dtype),
+        payload)
+  parts, payload_def = jax.tree.flatten(payload)
+  if axis_name is None:
+    summed, sent = parts, counters.zero_bits()
+  else:
+    summed = _psum_packed(parts, axis_name)
+    bits = sum(p.size * np.dtype(p.dtype).itemsize * 8 for p in parts)
+    ring = counters.const64(_ring_bits(n, bits))
+    sent = counters.CommBits(ring, ring)
+  decoded = compressor.decode(payload_def.unflatten(summed), like, key=compress_key)
+  mean = [d.astype(ACCUMULATION_DTYPE) / n for d in decoded]
+  return Exchanged(treedef.unflatten(mean),
+                   treedef.unflatten(own) if return_own else None, sent, None)
+
+
+def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
+  """ONE packed all-gather of the payloads; every worker decodes all of them."""
+  n, i = axis_info(axis_name, owner)
+  compress_key, sample_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(tree)
+  like = _like(leaves)
+  # Partial participation: S from the shared key, so all workers agree.
+  member, weights, m_members = _weights(sampling, sample_key, n, i, owner)
+  shared = compressor.decode_needs_key
+  enc_key = compress_key if shared else worker_key(compress_key, axis_name)
+  payload = compressor.encode(enc_key, leaves)
+  buf, spec = wire.pack(payload)
+  nbits = int(buf.size) * 8
+  if sampling is not None:
+    buf = jnp.where(member, buf, jnp.zeros_like(buf))
+  if axis_name is None:
+    gathered = buf[None]
+    sent = counters.zero_bits()
+  else:
+    gathered = lax.all_gather(buf, axis_name)  # (n, B)
+    if sampling is None:
+      sent = counters.CommBits(counters.const64(nbits), counters.const64((n - 1) * nbits))
+    else:
+      member_i = member.astype(jnp.int32)
+      sent = counters.CommBits(counters.mul64(member_i, nbits), counters.mul64(m_members - member_i, nbits))
+  payloads = wire.unpack(gathered, spec)
+  dec_key = compress_key if shared else None
+  if jax.tree.leaves(payloads):
+    decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
+  else:  # only empty leaves: nothing was sent, and vmap needs an array
+    decoded = [jnp.zeros((n,) + l.shape, l.dtype) for l in like]
+  mean = [_weighted_sum(d, weights) for d in decoded]
+  own = None
+  if return_own:
+    if sampling is None:  # this worker's row of the gathered decode
+      own = treedef.unflatten([d[i] for d in decoded])
+    else:  # a non-member's row was zeroed before the gather
+      own = treedef.unflatten(compressor.decode(payload, like, key=enc_key))
+  return Exchanged(treedef.unflatten(mean), own, sent, None)
 
 
 def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own):
@@ -382,20 +286,19 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   n, i = axis_info(axis_name, owner)
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
-  like = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
   member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  del member
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
-  own = compressor.decode(payload, like, key=enc_key)
+  own = compressor.decode(payload, _like(leaves), key=enc_key)
   w = weights[i]
-  contrib = [jnp.where(w > 0, o.astype(jnp.float32) * w, 0) for o in own]
+  contrib = [jnp.where(w > 0, o.astype(ACCUMULATION_DTYPE) * w, 0) for o in own]
   summed = _psum_packed(contrib, axis_name)
   dense_bits = sum(l.size for l in leaves) * 32
-  ring = const64(_ring_bits(n, dense_bits))
-  mean = treedef.unflatten([s.astype(l.dtype) for s, l in zip(summed, leaves)])
-  return Exchanged(mean, treedef.unflatten(own) if return_own else None,
-                   CommBits(ring, ring), ())
+  ring = counters.const64(_ring_bits(n, dense_bits))
+  return Exchanged(treedef.unflatten(summed), treedef.unflatten(own) if return_own else None,
+                   counters.CommBits(ring, ring), None)
 
 
 def _flat(leaves, dtype, total):
@@ -405,16 +308,16 @@ def _flat(leaves, dtype, total):
   return jnp.pad(flat, (0, total - flat.size))
 
 
-def _unflat(flat, leaves, treedef):
+def _unflat(flat, leaves, treedef, dtype=None):
   out, offset = [], 0
   for l in leaves:
-    out.append(flat[offset:offset + l.size].reshape(l.shape).astype(l.dtype))
+    out.append(flat[offset:offset + l.size].reshape(l.shape).astype(dtype or l.dtype))
     offset += l.size
   return treedef.unflatten(out)
 
 
-def _two_phase(compressor, tree, key, axis_name, sampling, scheme, server_error,
-               owner, return_own):
+def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
+               return_own):
   """All-to-all of compressed chunks to their owners, owners average (and
   re-compress with error feedback), all-gather of the chunks."""
   n, me = axis_info(axis_name, owner)
@@ -424,7 +327,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, server_error,
   size = sum(l.size for l in leaves)
   dtypes = {np.dtype(l.dtype) for l in leaves}
   wire_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
-  chunk = max(1, -(-size // n))  # c = ⌈D/n⌉, the vector padded to n·c
+  chunk = schemes.chunk_size(size, n)  # c = ⌈D/n⌉, the vector padded to n·c
   rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
   row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
   member, weights, m_members = _weights(sampling, sample_key, n, me, owner)
@@ -434,51 +337,51 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, server_error,
   base = worker_base if shared else worker_key(worker_base, axis_name)
   chunk_keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(jnp.arange(n))
   payload = jax.vmap(compressor.encode)(chunk_keys, rows)
-  spec = pack(jax.tree.map(lambda a: a[0], payload))[1]
-  buf = jax.vmap(lambda p: pack(p)[0])(payload)  # (n, B)
+  spec = wire.pack(jax.tree.map(lambda a: a[0], payload))[1]
+  buf = jax.vmap(lambda p: wire.pack(p)[0])(payload)  # (n, B)
   nbytes = int(buf.shape[1])
   if member is not None:
     buf = jnp.where(member, buf, jnp.zeros_like(buf))
   received = lax.all_to_all(buf, axis_name, 0, 0)  # row i: worker i's chunk `me`
   my_key = jax.random.fold_in(worker_base, me) if shared else None
   decoded = jax.vmap(lambda p: compressor.decode(p, row_like, key=my_key))(
-      unpack(received, spec))
+      wire.unpack(received, spec))
   m = _weighted_sum(decoded, weights)  # this owner's chunk of the aggregate, f32
   if member is None:
-    sent = CommBits(const64((n - 1) * nbytes * 8), const64((n - 1) * nbytes * 8))
+    sent = counters.CommBits(counters.const64((n - 1) * nbytes * 8), counters.const64((n - 1) * nbytes * 8))
   else:
     member_i = member.astype(jnp.int32)
-    sent = CommBits(mul64(member_i * (n - 1), nbytes * 8),
-                    mul64(m_members - member_i, nbytes * 8))
+    sent = counters.CommBits(counters.mul64(member_i * (n - 1), nbytes * 8),
+                    counters.mul64(m_members - member_i, nbytes * 8))
 
   # Phase 2: the owners' chunks to everyone, re-compressed or dense.
   server = scheme.server_compressor
-  new_error = server_error
+  new_state = state
   if server is None:
     gathered = lax.all_gather(m, axis_name)  # (n, c) float32
     sbytes = chunk * 4
   else:
     v = m
-    if scheme.error_feedback:
-      e_flat = _flat(jax.tree.leaves(server_error), jnp.float32, n * chunk)
-      v = v + lax.dynamic_slice(e_flat, (me * chunk,), (chunk,))
+    # The owned chunk of the flat server error (coordinates past D read as 0).
+    owned = me * chunk + jnp.arange(chunk)
+    if scheme.keeps_server_error:
+      v = v + state.server_error.at[owned].get(mode="fill", fill_value=0)
     v_like = jax.ShapeDtypeStruct((chunk,), jnp.float32)
     s_key = jax.random.fold_in(server_base, me)
     s_payload = server.encode(s_key, v)
-    if scheme.error_feedback:
-      # e_s ← v − C_s(v) on the owned chunk; zeros elsewhere (disjoint owners).
+    if scheme.keeps_server_error:
+      # e_s ← v − C_s(v) on the owned chunk; the rest stays zero (disjoint owners).
       residual = v - server.decode(s_payload, v_like, key=s_key).astype(jnp.float32)
-      e_flat = lax.dynamic_update_slice(jnp.zeros((n * chunk,), jnp.float32),
-                                        residual, (me * chunk,))
-      new_error = _unflat(e_flat, jax.tree.leaves(server_error),
-                          jax.tree.structure(server_error))
-    s_buf, s_spec = pack(s_payload)
+      new_state = state._replace(
+          server_error=state.server_error.at[owned].set(residual, mode="drop"))
+    s_buf, s_spec = wire.pack(s_payload)
     sbytes = int(s_buf.size)
-    s_all = unpack(lax.all_gather(s_buf, axis_name), s_spec)
+    s_all = wire.unpack(lax.all_gather(s_buf, axis_name), s_spec)
     s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
     gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
-  sent = add_bits(sent, CommBits(const64(sbytes * 8), const64((n - 1) * sbytes * 8)))
-  mean = _unflat(gathered.astype(jnp.float32).reshape(-1), leaves, treedef)
+  sent = counters.add_bits(sent, counters.CommBits(counters.const64(sbytes * 8), counters.const64((n - 1) * sbytes * 8)))
+  mean = _unflat(gathered.astype(ACCUMULATION_DTYPE).reshape(-1), leaves, treedef,
+                 ACCUMULATION_DTYPE)
 
   own = None
   if return_own:
@@ -488,107 +391,11 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, server_error,
     else:
       own_dec = jax.vmap(lambda p: compressor.decode(p, row_like))(payload)
     own = _unflat(own_dec.reshape(-1), leaves, treedef)
-  return Exchanged(mean, own, sent, new_error)
-
-
-def compressed_mean(compressor: cbase.Compressor, tree, key, axis_name, *,
-                    sampling: sampling_lib.Sampling | None = None,
-                    owner: str = "compressed_mean", return_own: bool = False):
-  """Σ_{i∈S} C(x_i)/(n p_i) over the workers of ``axis_name`` (mean_i C(x_i)
-  without sampling), and the bits this worker sent and received, by one
-  packed all-gather (see :func:`exchange` for the other schemes).
-
-  Args:
-    compressor: a compopt compressor.
-    tree: this worker's pytree x_i (floating arrays).
-    key: the step key, identical on every worker (uint32[2]).
-    axis_name: the worker axis, or None for one worker.
-    sampling: optional partial participation (``compopt.sampling``).
-    owner: the name used in error messages.
-    return_own: also return this worker's own dense C(x_i) (error feedback
-      needs it), decoded from the payload it sent.
-
-  Returns:
-    ``(aggregate, sent)``, or ``(aggregate, own, sent)`` with ``return_own``:
-    the aggregate, shaped and typed like ``tree`` (reduced in float32), and a
-    :class:`CommBits` increment.
-  """
-  n, i = axis_info(axis_name, owner)
-  compress_key, sample_key = jax.random.split(key)
-  leaves, treedef = jax.tree.flatten(tree)
-  like = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
-
-  # Partial participation: S from the shared key, so all workers agree.
-  member, weights, m_members = _weights(sampling, sample_key, n, i, owner)
-
-  def cast_back(out):
-    return treedef.unflatten([o.astype(l.dtype) for o, l in zip(out, leaves)])
-
-  def finish(out, own_leaves, sent):
-    if return_own:
-      return cast_back(out), cast_back(own_leaves), sent
-    return cast_back(out), sent
-
-  # ---------------------------------------------------------- dense all-reduce
-  if _is_identity(compressor) or _is_shared_rand_k(compressor):
-    if _is_identity(compressor):
-      payload = [l for l in leaves]
-      own = leaves
-    else:  # values only: every worker drew the same positions from the shared key
-      payload = compressor.encode(compress_key, leaves)
-      own = compressor.decode(payload, like, key=compress_key)
-      payload = [p["values"] if p else jnp.zeros((0,), l.dtype)
-                 for p, l in zip(payload, leaves)]
-    if sampling is not None:  # members send x_i/p_i, others zeros
-      scale = weights[i] * n
-      payload = [jnp.where(member, (p.astype(jnp.float32) * scale), 0).astype(p.dtype)
-                 for p in payload]
-    dense_bits = sum(p.size * np.dtype(p.dtype).itemsize * 8 for p in payload)
-    if axis_name is None:
-      summed, sent = payload, zero_bits()
-    else:
-      summed = _psum_packed(payload, axis_name)
-      ring = const64(_ring_bits(n, dense_bits))
-      sent = CommBits(ring, ring)
-    if _is_identity(compressor):
-      out = [s.astype(jnp.float32) / n for s in summed]
-    else:
-      full = [{"values": s} if l.size else {} for s, l in zip(summed, leaves)]
-      dec = compressor.decode(full, like, key=compress_key)
-      out = [d.astype(jnp.float32) / n for d in dec]
-    return finish(out, own, sent)
-
-  # ------------------------------------- one packed all-gather of the payload
-  shared = compressor.decode_needs_key
-  enc_key = compress_key if shared else worker_key(compress_key, axis_name)
-  payload = compressor.encode(enc_key, leaves)
-  own = compressor.decode(payload, like, key=enc_key) if return_own else None
-  buf, spec = pack(payload)
-  nbits = int(buf.size) * 8
-  if sampling is not None:
-    buf = jnp.where(member, buf, jnp.zeros_like(buf))
-  if axis_name is None:
-    gathered = buf[None]
-    sent = zero_bits()
-  else:
-    gathered = lax.all_gather(buf, axis_name)  # (n, B)
-    if sampling is None:
-      sent = CommBits(const64(nbits), const64((n - 1) * nbits))
-    else:
-      member_i = member.astype(jnp.int32)
-      sent = CommBits(mul64(member_i, nbits), mul64(m_members - member_i, nbits))
-  payloads = unpack(gathered, spec)
-  dec_key = compress_key if shared else None
-  if jax.tree.leaves(payloads):
-    decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
-  else:  # only empty leaves: nothing was sent, and vmap needs an array
-    decoded = [jnp.zeros((n,) + l.shape, l.dtype) for l in like]
-  out = [_weighted_sum(d, weights) for d in decoded]
-  return finish(out, own, sent)
+  return Exchanged(mean, own, sent, new_state)
 
 
 def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
-                owner: str = "member_mean"):
+                owner: str) -> Exchanged:
   """(1/n) Σ_{i∈S} x_i: the members of a sampled set S send x_i uncompressed.
 
   For updates that only some workers make in a round (Rand-DIANA's shift
@@ -603,11 +410,11 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
     owner: the name used in error messages.
 
   Returns:
-    ``(mean, own, sent)``: (1/n) Σ_{i∈S} x_i (float32 leaves), this worker's
-    contribution 1[i∈S]·x_i (in x_i's dtype) and a :class:`CommBits` increment.
-    Bits: a member sends its D dense bits once and every worker receives the
-    D bits of each other member (the physical collective is an all-reduce of
-    the zero-padded vectors, which XLA needs for its static shapes).
+    An :class:`Exchanged`: ``mean`` is (1/n) Σ_{i∈S} x_i (float32 leaves),
+    ``own`` this worker's contribution 1[i∈S]·x_i (in x_i's dtype), ``sent``
+    the bits: a member sends its D dense bits once and every worker receives
+    the D bits of each other member (the physical collective is an all-reduce
+    of the zero-padded vectors, which XLA needs for its static shapes).
   """
   n, i = axis_info(axis_name, owner)
   mask, _ = sampling.draw(key, n, owner)
@@ -616,11 +423,11 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
   own = [jnp.where(member, l, jnp.zeros_like(l)) for l in leaves]
   dense_bits = sum(l.size * np.dtype(l.dtype).itemsize * 8 for l in leaves)
   if axis_name is None:
-    summed, sent = own, CommBits(zero_bits().uplink, zero_bits().downlink)
+    summed, sent = own, counters.zero_bits()
   else:
     summed = _psum_packed(own, axis_name)
     member_i = member.astype(jnp.int32)
     others = jnp.sum(mask.astype(jnp.int32)) - member_i
-    sent = CommBits(mul64(member_i, dense_bits), mul64(others, dense_bits))
-  mean = [s.astype(jnp.float32) / n for s in summed]
-  return treedef.unflatten(mean), treedef.unflatten(own), sent
+    sent = counters.CommBits(counters.mul64(member_i, dense_bits), counters.mul64(others, dense_bits))
+  mean = [s.astype(ACCUMULATION_DTYPE) / n for s in summed]
+  return Exchanged(treedef.unflatten(mean), treedef.unflatten(own), sent, None)

@@ -5,68 +5,63 @@ state over without losing what it learnt. Every buffer of a compopt state is
 either replicated (identical on all workers: counts, keys, the mean shift h,
 the server's moments and error, momentum on the aggregate) or per worker.
 Replicated buffers are copied to every new worker (after checking that the
-old workers did agree). Per-worker buffers follow the method's rule:
+old workers did agree). Per-worker buffers follow the rule that their state
+type declares where it is defined (:func:`rules`, in the spirit of
+big_vision's registered sharding strategies); this module keeps rules only
+for foreign types (optax's). A rule is one of
 
-=====================  =============================  ==============================
-state                  per-worker buffer              rule (what it keeps)
-=====================  =============================  ==============================
-ErrorFeedbackState     error e_i (EF-SGD, EF-SignSGD, e'_j = mean_i e_i: the virtual
-                       COMP-AMS's workers)            iterate x − mean_i e_i of paper
-                                                      004 Thm IV, so the pending
-                                                      correction is applied in full
-DoubleSqueezeState     worker_error δ_i (also         δ'_j = mean_i δ_i (same reason);
-                       NEOLITHIC)                     the server's δ is replicated
-EF21State              local g_i                      g'_j = g (shared): keeps
-                                                      g = mean_j g'_j
-ShiftedCompression-    shift h_i (DIANA, Rand-DIANA)  h'_j = h (mean_shift): keeps
-State                                                 h = mean_j h'_j; the shifts
-                                                      re-learn ∇f_j(x*) of the new
-                                                      split (paper 002 Thm 3's
-                                                      Lyapunov term restarts)
-optax EmaState         ema m_i (Signum's worker       m'_j = mean_i m_i
-                       momentum)
-CommBits               bits sent / received           worker j keeps its counter; a
-                                                      removed worker's counts go to
-                                                      worker 0 (totals are kept)
-=====================  =============================  ==============================
+* :data:`MEAN`: the mean over the old workers, given to every new worker;
+* ``copy_of(field)``: the replicated ``field`` of the same state, given to
+  every new worker;
+* a function ``(stacked value, n) -> stacked value`` for anything else
+  (``two_phase``'s server error, whose layout the scheme defines).
 
-Stateless-per-worker methods (P-SGD, DCSGD, signSGD, scaled signSGD, GDCI)
-only hold replicated buffers and reshard trivially. Anything else that
+Bit counters (:class:`compopt.CommBits`) keep their totals: worker j keeps
+its counter, a removed worker's counts go to worker 0. Anything else that
 differs between workers has no rule (e.g. ``optax.MultiSteps`` in the middle
 of an accumulation: each worker's partial gradient sum belongs to its own
 data) and is an error, as is a "replicated" buffer on which the workers
-disagree (a corrupted state). Partial participation with one probability per
-worker (``sampling=[p_1, ..., p_n]``) is fixed at construction: build the
-method again for the new n.
+disagree (a corrupted state).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import optax
 
-from compopt._src import comm
-from compopt._src.methods import dcsgd as dcsgd_lib
-from compopt._src.methods import error_feedback as ef_lib
-from compopt._src.methods import shifted as shifted_lib
+from compopt._src import checks
+from compopt._src import counters
 
-# state type -> {field: rule}; unlisted fields are replicated (or recursed into).
-# rule "mean": the mean over the old workers, given to every new worker;
-# ("copy", other): the replicated field ``other`` given to every new worker;
-# "owned": two_phase's server errors: each owner holds the residual of its
-# chunk of the flattened tree and zeros elsewhere, so the sum over the old
-# workers is the whole residual; new worker j gets its new chunk of it.
-RULES: dict[type, dict[str, Any]] = {
-    dcsgd_lib.CompressedMeanState: {"server_error": "owned"},
-    ef_lib.ErrorFeedbackState: {"error": "mean", "server_error": "owned"},
-    ef_lib.DoubleSqueezeState: {"worker_error": "mean"},
-    ef_lib.EF21State: {"local": ("copy", "shared")},
-    shifted_lib.ShiftedCompressionState: {"shift": ("copy", "mean_shift")},
-    optax.EmaState: {"ema": "mean"},
-}
+#: The rule "the mean over the old workers, given to every new worker".
+MEAN = "mean"
+
+# state type -> {field: rule}, filled by rules() where each state is defined.
+_RULES: dict[type, dict[str, Any]] = {}
+
+
+def copy_of(field: str) -> tuple[str, str]:
+  """The rule "the replicated ``field`` of the same state, given to every new
+  worker" (e.g. EF21's local estimates restart from the shared one)."""
+  return ("copy", field)
+
+
+def rules(**field_rules) -> Callable[[type], type]:
+  """Class decorator: declares how ``reshard_state`` redistributes the
+  per-worker fields of a NamedTuple state; unlisted fields are replicated (or
+  recursed into)."""
+  def register(cls: type) -> type:
+    unknown = set(field_rules) - set(cls._fields)
+    if unknown:
+      raise ValueError(f"rules: {cls.__name__} has no field {sorted(unknown)}")
+    _RULES[cls] = dict(field_rules)
+    return cls
+  return register
+
+
+rules(ema=MEAN)(optax.EmaState)  # Signum's worker momentum m_i
 
 _OWNER = "reshard_state"
 
@@ -81,25 +76,6 @@ def _mean(x, n_new):
   return _broadcast(m, n_new)
 
 
-def _owned(tree, n_new):
-  leaves, treedef = jax.tree.flatten(tree)
-  if not leaves:
-    return tree
-  total = np.concatenate([np.asarray(x).astype(np.float64).sum(0).reshape(-1)
-                          for x in leaves])
-  chunk = max(1, -(-total.size // n_new))  # the chunks of compopt's two_phase
-  owner = np.arange(total.size) // chunk
-  out, offset = [], 0
-  for x in leaves:
-    x = np.asarray(x)
-    size = int(np.prod(x.shape[1:]))
-    part, own = total[offset:offset + size], owner[offset:offset + size]
-    out.append(np.stack([np.where(own == j, part, 0).reshape(x.shape[1:])
-                         for j in range(n_new)]).astype(x.dtype))
-    offset += size
-  return treedef.unflatten(out)
-
-
 def _replicated(x, n_new, path):
   x = np.asarray(x)
   if x.shape[0] and not all(np.array_equal(x[0], x[i], equal_nan=True)
@@ -108,38 +84,38 @@ def _replicated(x, n_new, path):
         f"{_OWNER}: cannot reshard {path}: its value differs between workers and "
         "compopt has no rule to redistribute it (rules exist for EF errors, "
         "EF21's local estimates, DIANA shifts and Signum's momentum; see "
-        "compopt.checkpoint). Replicated buffers (counts, keys, mean shifts, "
-        "server moments) must agree on every worker.")
+        "help(compopt.reshard_state)). Replicated buffers (counts, keys, mean "
+        "shifts, server moments) must agree on every worker.")
   return _broadcast(x[0], n_new)
 
 
 def _bits(counter, n_new):
   def redistribute(pairs):
-    values = comm._to_int(np.asarray(pairs))
+    values = counters.to_int(np.asarray(pairs))
     out = [0] * n_new
     for i, v in enumerate(values):
       out[i if i < n_new else 0] += v
-    return np.stack([np.asarray(comm.const64(v % 2**64)) for v in out])
-  return comm.CommBits(redistribute(counter.uplink), redistribute(counter.downlink))
+    return np.stack([np.asarray(counters.const64(v % 2**64)) for v in out])
+  return counters.CommBits(redistribute(counter.uplink), redistribute(counter.downlink))
 
 
 def _walk(node, n_new, path):
   if node is None:
     return None
-  if isinstance(node, comm.CommBits):
+  if isinstance(node, counters.CommBits):
     return _bits(node, n_new)
   if hasattr(node, "shape") and hasattr(node, "dtype"):
     return _replicated(node, n_new, path)
   if isinstance(node, tuple) and hasattr(node, "_fields"):  # NamedTuple
-    rules = RULES.get(type(node), {})
+    node_rules = _RULES.get(type(node), {})
     out = {}
     for field in node._fields:
-      value, rule = getattr(node, field), rules.get(field)
+      value, rule = getattr(node, field), node_rules.get(field)
       where = f"{path}.{field}"
-      if rule == "mean":
+      if rule == MEAN:
         out[field] = jax.tree.map(lambda x: _mean(x, n_new), value)
-      elif rule == "owned":
-        out[field] = _owned(value, n_new)
+      elif callable(rule):
+        out[field] = jax.tree.map(lambda x: rule(x, n_new), value)
       elif isinstance(rule, tuple):
         out[field] = _walk(getattr(node, rule[1]), n_new, f"{path}.{rule[1]}")
         out[field] = jax.tree.map(lambda src, old: src.astype(np.asarray(old).dtype),
@@ -165,9 +141,43 @@ def reshard_state(state, n: int):
 
   Returns:
     The state with a leading axis of size ``n`` (NumPy arrays; place it on a
-    mesh with ``compopt.parallel.shard``). Per-worker buffers follow the rule
-    of their method (the table in :mod:`compopt.checkpoint`); replicated ones
-    are copied.
+    mesh with ``compopt.parallel.shard``). Replicated buffers are copied;
+    per-worker buffers follow the rule their state declares:
+
+    ========================  ===========================  =========================
+    state                     per-worker buffer            rule (what it keeps)
+    ========================  ===========================  =========================
+    ErrorFeedbackState        error e_i (EF-SGD,           e'_j = mean_i e_i: the
+                              EF-SignSGD, COMP-AMS's       virtual iterate
+                              workers)                     x − mean_i e_i of
+                                                           Karimireddy et al. 2019
+                                                           (Thm IV), so the pending
+                                                           correction is applied in
+                                                           full
+    DoubleSqueezeState        worker_error δ_i (also       δ'_j = mean_i δ_i (same
+                              NEOLITHIC)                   reason); the server's δ
+                                                           is replicated
+    EF21State                 local g_i                    g'_j = g (shared): keeps
+                                                           g = mean_j g'_j
+    ShiftedCompressionState   shift h_i (DIANA,            h'_j = h (mean_shift):
+                              Rand-DIANA)                  keeps h = mean_j h'_j;
+                                                           the shifts re-learn
+                                                           ∇f_j(x*) of the new split
+    TwoPhaseState             two_phase's server error,    the old owners' chunks
+                              the owner's chunk            summed, cut into the new
+                                                           owners' chunks
+    optax EmaState            ema m_i (Signum's worker     m'_j = mean_i m_i
+                              momentum)
+    CommBits                  bits sent / received         worker j keeps its
+                                                           counter; a removed
+                                                           worker's counts go to
+                                                           worker 0
+    ========================  ===========================  =========================
+
+    Stateless-per-worker methods (P-SGD, DCSGD, signSGD, scaled signSGD,
+    GDCI) hold only replicated buffers and reshard trivially. Partial
+    participation with one probability per worker (``sampling=[p_1, ...,
+    p_n]``) is fixed at construction: build the method again for the new n.
 
   Raises:
     ValueError: a buffer differs between workers and has no rule (or a
@@ -181,9 +191,7 @@ def reshard_state(state, n: int):
     >>> state4[1].error.shape
     (4, 3)
   """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"{_OWNER}: `n` must be an int >= 1 (the new number of workers); "
-                     f"got {n!r}")
+  n = checks.check_workers(n, _OWNER, "the new number of workers")
   leaves = jax.tree.leaves(state)
   if not leaves:
     return state

@@ -15,21 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compopt._src import checks
+
 
 class Sampling:
   """Base class: ``draw(key, n, owner)`` -> (mask bool[n], p float32[n])."""
 
   def draw(self, key, n: int, owner: str):
     raise NotImplementedError
-
-
-def _check_probability(p, name: str, owner: str) -> float:
-  if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
-    raise TypeError(f"{owner}: `{name}` must hold numbers in (0, 1]; got {p!r}")
-  p = float(p)
-  if not 0.0 < p <= 1.0:
-    raise ValueError(f"{owner}: `{name}` must hold probabilities in (0, 1]; got {p}")
-  return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +67,13 @@ def independent(p: float | Sequence[float]) -> Independent:
       each in (0, 1].
   """
   if isinstance(p, (list, tuple, np.ndarray)):
-    return Independent(tuple(_check_probability(q, "p", "sampling.independent") for q in p))
-  return Independent(_check_probability(p, "p", "sampling.independent"))
+    return Independent(tuple(checks.check_probability(q, "p", "sampling.independent") for q in p))
+  return Independent(checks.check_probability(p, "p", "sampling.independent"))
 
 
 def nice(tau: int) -> Nice:
   """τ-nice sampling: a uniformly random subset of exactly τ workers (p_i = τ/n)."""
-  if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)) or tau < 1:
-    raise ValueError(f"sampling.nice: `tau` must be an integer >= 1; got {tau!r}")
-  return Nice(int(tau))
+  return Nice(checks.check_int(tau, "tau", "sampling.nice"))
 
 
 def resolve(sampling, owner: str) -> Sampling | None:
@@ -91,5 +82,5 @@ def resolve(sampling, owner: str) -> Sampling | None:
   if sampling is None or isinstance(sampling, Sampling):
     return sampling
   if isinstance(sampling, (list, tuple, np.ndarray)):
-    return Independent(tuple(_check_probability(q, "sampling", owner) for q in sampling))
-  return Independent(_check_probability(sampling, "sampling", owner))
+    return Independent(tuple(checks.check_probability(q, "sampling", owner) for q in sampling))
+  return Independent(checks.check_probability(sampling, "sampling", owner))

@@ -30,61 +30,24 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from compopt._src import checks
 from compopt._src.compressors import base
-
-_Real = (int, float, np.integer, np.floating)
+from compopt._src.compressors import tree as ctree
 
 
 # --------------------------------------------------------------- validation
-def _real(value, name: str, owner: str, *, lo: float | None = None,
-          hi: float | None = None, lo_open: bool = False,
-          hi_open: bool = False) -> float:
-  """A finite real in the interval given by ``lo``/``hi``; else an error."""
-  lo_s = "-inf" if lo is None else f"{lo:g}"
-  hi_s = "inf" if hi is None else f"{hi:g}"
-  left = "(" if lo_open or lo is None else "["
-  right = ")" if hi_open or hi is None else "]"
-  interval = f"{left}{lo_s}, {hi_s}{right}"
-  if isinstance(value, bool) or not isinstance(value, _Real):
-    raise TypeError(
-        f"{owner}: `{name}` must be a real number in {interval}; got {value!r}")
-  value = float(value)
-  ok = math.isfinite(value)
-  if ok and lo is not None:
-    ok = value > lo if lo_open else value >= lo
-  if ok and hi is not None:
-    ok = value < hi if hi_open else value <= hi
-  if not ok:
-    raise ValueError(f"{owner}: `{name}` must be in {interval}; got {value}")
-  return value
-
-
-def _int(value, name: str, owner: str, *, lo: int = 1, hi: int | None = None) -> int:
-  rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: `{name}` must be an integer {rng}; got {value!r}")
-  if value < lo or (hi is not None and value > hi):
-    raise ValueError(f"{owner}: `{name}` must be an integer {rng}; got {value}")
-  return int(value)
-
-
-def _omega(value, owner: str, name: str = "omega") -> float:
-  return _real(value, name, owner, lo=0.0)
-
-
-def _delta(value, owner: str, name: str = "delta") -> float:
-  return _real(value, name, owner, lo=0.0, hi=1.0, lo_open=True)
-
-
 def _positive(value, name: str, owner: str) -> float:
-  return _real(value, name, owner, lo=0.0, lo_open=True)
+  return checks.check_real(value, name, owner, lo=0.0, lo_open=True)
 
 
 def _probabilities(probabilities, n: int, owner: str) -> list[float]:
   """p_i ∈ (0, 1], one per worker (a scalar is the same p for all n)."""
-  if isinstance(probabilities, _Real) and not isinstance(probabilities, bool):
-    return [_real(probabilities, "probabilities", owner, lo=0.0, hi=1.0,
-                  lo_open=True)] * n
+  def one(p):
+    return checks.check_real(p, "probabilities", owner, lo=0.0, hi=1.0, lo_open=True)
+
+  if isinstance(probabilities, (int, float, np.integer, np.floating)) and not isinstance(
+      probabilities, bool):
+    return [one(probabilities)] * n
   try:
     ps = [p for p in np.asarray(probabilities, dtype=object).reshape(-1)]
   except Exception as e:  # pragma: no cover - exotic inputs
@@ -93,8 +56,7 @@ def _probabilities(probabilities, n: int, owner: str) -> list[float]:
   if len(ps) != n:
     raise ValueError(f"{owner}: `probabilities` must have one entry per worker "
                      f"(n = {n}); got {len(ps)} entries")
-  return [_real(p, "probabilities", owner, lo=0.0, hi=1.0, lo_open=True)
-          for p in ps]
+  return [one(p) for p in ps]
 
 
 # -------------------------------------------------------- compressor classes
@@ -123,13 +85,6 @@ def _shape_tree(tree_or_shape, owner: str):
     raise ValueError(f"{owner}: `tree_or_shape` must hold at least one non-empty "
                      f"array; got {tree_or_shape!r}")
   return tree
-
-
-def _check_compressor(compressor, owner: str):
-  if not isinstance(compressor, base.Compressor):
-    raise TypeError(f"{owner}: `compressor` must be a compopt compressor; "
-                    f"got {compressor!r}")
-  return compressor
 
 
 def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
@@ -163,8 +118,8 @@ def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
     U(d/K − 1)). https://arxiv.org/abs/2206.10452
   """
   owner = "omega"
-  compressor = _check_compressor(compressor, owner)
-  return base.tree_omega(compressor, _shape_tree(tree_or_shape, owner))
+  compressor = base.check_compressor(compressor, owner)
+  return ctree.tree_omega(compressor, _shape_tree(tree_or_shape, owner))
 
 
 def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
@@ -198,8 +153,8 @@ def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
     https://arxiv.org/abs/2206.10452
   """
   owner = "delta"
-  compressor = _check_compressor(compressor, owner)
-  return base.tree_delta(compressor, _shape_tree(tree_or_shape, owner))
+  compressor = base.check_compressor(compressor, owner)
+  return ctree.tree_delta(compressor, _shape_tree(tree_or_shape, owner))
 
 
 def induced_omega(delta1: float, omega2: float) -> float:
@@ -228,8 +183,8 @@ def induced_omega(delta1: float, omega2: float) -> float:
     [000] Horváth, Richtárik, Theorem 3. https://arxiv.org/abs/2006.11077
   """
   owner = "induced_omega"
-  delta1 = _delta(delta1, owner, "delta1")
-  omega2 = _omega(omega2, owner, "omega2")
+  delta1 = checks.check_delta(delta1, owner, "delta1")
+  omega2 = checks.check_omega(omega2, owner, "omega2")
   return omega2 * (1.0 - delta1)
 
 
@@ -261,8 +216,8 @@ def dcsgd_delta_n(omega: float, n: int) -> float:
     [000] Horváth, Richtárik, Theorem 4. https://arxiv.org/abs/2006.11077
   """
   owner = "dcsgd_delta_n"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   return omega / n + 1.0
 
 
@@ -311,14 +266,14 @@ def dcsgd_delta_s(omega: float, n: int, *,
     https://arxiv.org/abs/2006.11077
   """
   owner = "dcsgd_delta_s"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   if (probabilities is None) == (tau is None):
     raise ValueError(f"{owner}: give exactly one of `probabilities` "
                      f"(independent participation) and `tau` (τ-nice sampling); "
                      f"got probabilities={probabilities!r}, tau={tau!r}")
   if tau is not None:
-    tau = _int(tau, "tau", owner, lo=1, hi=n)
+    tau = checks.check_int(tau, "tau", owner, lo=1, hi=n)
     # v_i / p_i + 1 with p_i = τ/n and v_i = (n − τ)/(n − 1).
     v_over_p = 0.0 if tau == n else (n - tau) / (n - 1) * n / tau
     worst = v_over_p + 1.0
@@ -398,8 +353,8 @@ def dcgd_fixed_step_size(omega: float, n: int, L: float, L_max: float) -> float:
     [002] Shulgin, Richtárik, Theorem 1. https://arxiv.org/abs/2206.10452
   """
   owner = "dcgd_fixed_step_size"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
   return 1.0 / (L + 2.0 * omega * L_max / n)
 
@@ -446,10 +401,10 @@ def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
     [002] Shulgin, Richtárik, Theorem 2. https://arxiv.org/abs/2206.10452
   """
   owner = "dcgd_star_step_size"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
-  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
   return 1.0 / (L + omega * (1.0 - delta) * L_max / n)
 
 
@@ -482,15 +437,15 @@ def diana_alpha(omega: float, delta: float = 0.0) -> float:
     https://arxiv.org/abs/2206.10452
   """
   owner = "diana_alpha"
-  omega = _omega(omega, owner)
-  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  omega = checks.check_omega(omega, owner)
+  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
   return 1.0 / (1.0 + omega * (1.0 - delta))
 
 
 def _alpha_arg(alpha, omega, delta, owner):
   if alpha is None:
     return diana_alpha(omega, delta)
-  return _real(alpha, "alpha", owner, lo=0.0, hi=1.0, lo_open=True)
+  return checks.check_real(alpha, "alpha", owner, lo=0.0, hi=1.0, lo_open=True)
 
 
 def diana_M(omega: float, n: int, alpha: float | None = None,
@@ -530,9 +485,9 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
     [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_M"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
-  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
+  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
   alpha = _alpha_arg(alpha, omega, delta, owner)
   return 4.0 * max(1.0, omega) / (n * alpha)
 
@@ -570,10 +525,10 @@ def diana_step_size(omega: float, n: int, L_max: float, *,
     [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_step_size"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L_max = _positive(L_max, "L_max", owner)
-  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
   alpha = _alpha_arg(alpha, omega, delta, owner)
   M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
   return 1.0 / (2.0 * omega * L_max / n + (1.0 + alpha * M) * L_max)
@@ -610,11 +565,11 @@ def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_rate"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   gamma = _positive(gamma, "gamma", owner)
   mu = _positive(mu, "mu", owner)
-  delta = _real(delta, "delta", owner, lo=0.0, hi=1.0)
+  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
   alpha = _alpha_arg(alpha, omega, delta, owner)
   M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
   return max(1.0 - gamma * mu, 1.0 - alpha + 2.0 * omega / (n * M))
@@ -645,13 +600,13 @@ def rand_diana_p(omega: float) -> float:
     [002] Shulgin, Richtárik, Theorem 4 and the text after it.
     https://arxiv.org/abs/2206.10452
   """
-  return 1.0 / (_omega(omega, "rand_diana_p") + 1.0)
+  return 1.0 / (checks.check_omega(omega, "rand_diana_p") + 1.0)
 
 
 def _p_arg(p, omega, owner):
   if p is None:
     return rand_diana_p(omega)
-  return _real(p, "p", owner, lo=0.0, hi=1.0, lo_open=True)
+  return checks.check_real(p, "p", owner, lo=0.0, hi=1.0, lo_open=True)
 
 
 def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
@@ -682,8 +637,8 @@ def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
     [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_M"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   p = _p_arg(p, omega, owner)
   return 4.0 * omega / (n * p)
 
@@ -718,11 +673,11 @@ def rand_diana_step_size(omega: float, n: int, L_max: float, *,
     [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_step_size"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L_max = _positive(L_max, "L_max", owner)
   p = _p_arg(p, omega, owner)
-  M = rand_diana_M(omega, n, p) if M is None else _real(M, "M", owner, lo=0.0)
+  M = rand_diana_M(omega, n, p) if M is None else checks.check_real(M, "M", owner, lo=0.0)
   return 1.0 / ((1.0 + 2.0 * omega / n) * L_max + M * p * L_max)
 
 
@@ -757,15 +712,15 @@ def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_rate"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   gamma = _positive(gamma, "gamma", owner)
   mu = _positive(mu, "mu", owner)
   p = _p_arg(p, omega, owner)
   if M is None:
     M = rand_diana_M(omega, n, p)
   else:
-    M = _real(M, "M", owner, lo=0.0, lo_open=omega > 0)
+    M = checks.check_real(M, "M", owner, lo=0.0, lo_open=omega > 0)
   shift_term = 0.0 if omega == 0 else 2.0 * omega / (n * M)
   return max(1.0 - gamma * mu, 1.0 - p + shift_term)
 
@@ -797,10 +752,10 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
     [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
   """
   owner = "gdci_eta"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
-  mu = _real(mu, "mu", owner, lo=0.0, hi=L, lo_open=True)
+  mu = checks.check_real(mu, "mu", owner, lo=0.0, hi=L, lo_open=True)
   return 1.0 / (L / mu + 2.0 * omega / n * (L_max / mu - 1.0))
 
 
@@ -830,10 +785,10 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
     [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
   """
   owner = "gdci_step_size"
-  omega = _omega(omega, owner)
-  n = _int(n, "n", owner)
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
-  eta = _real(eta, "eta", owner, lo=0.0, hi=1.0, lo_open=True)
+  eta = checks.check_real(eta, "eta", owner, lo=0.0, hi=1.0, lo_open=True)
   return (1.0 + 2.0 * eta * omega / n) / (eta * (L + 2.0 * L_max * omega / n))
 
 
@@ -870,10 +825,10 @@ def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
     [001] Huang, Chen, Yin, Yuan, Theorem 3. https://arxiv.org/abs/2206.03665
   """
   owner = "neolithic_rounds"
-  delta = _delta(delta, owner)
-  T = _int(T, "T", owner)
-  b2 = _real(b2, "b2", owner, lo=0.0)
-  sigma2 = _real(sigma2, "sigma2", owner, lo=0.0)
+  delta = checks.check_delta(delta, owner)
+  T = checks.check_int(T, "T", owner)
+  b2 = checks.check_real(b2, "b2", owner, lo=0.0)
+  sigma2 = checks.check_real(sigma2, "sigma2", owner, lo=0.0)
   Delta = _positive(Delta, "Delta", owner)
   L = _positive(L, "L", owner)
   arg = delta * T * max(b2, sigma2 * delta) / (Delta * L)
@@ -906,8 +861,8 @@ def fcc_error_bound(delta: float, R: int) -> float:
     https://arxiv.org/abs/2206.03665
   """
   owner = "fcc_error_bound"
-  delta = _delta(delta, owner)
-  R = _int(R, "R", owner)
+  delta = checks.check_delta(delta, owner)
+  R = checks.check_int(R, "R", owner)
   return (1.0 - delta) ** R
 
 
@@ -982,13 +937,13 @@ def transient_complexity(method: str, n: int, delta: float | None = None,
   if method not in _TRANSIENT:
     raise ValueError(f"{owner}: `method` must be one of {TRANSIENT_METHODS}; "
                      f"got {method!r}")
-  n = _int(n, "n", owner)
+  n = checks.check_int(n, "n", owner)
   if (delta is None) == (omega is None):
     raise ValueError(f"{owner}: give exactly one of `delta` (contractive) and "
                      f"`omega` (unbiased); got delta={delta!r}, omega={omega!r}")
   if delta is not None:
-    d = _delta(delta, owner)
+    d = checks.check_delta(delta, owner)
   else:
-    d = 1.0 / (1.0 + _omega(omega, owner))
+    d = 1.0 / (1.0 + checks.check_omega(omega, owner))
   fn = _TRANSIENT[method]
   return None if fn is None else float(fn(n, d))

@@ -1,15 +1,24 @@
-"""Wire formats: bit packing, low-bit codes and index types.
+"""Wire formats: bit packing, low-bit codes, index types and byte buffers.
 
 Everything a compressor sends is built from these pieces, so the number of
-bits on the wire is the summed size of the arrays they return.
+bits on the wire is the summed size of the arrays they return; the
+communication layer sends a payload tree as one byte buffer (:func:`pack`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+
+def dtype_bits(dtype) -> int:
+  """Bits of one element of ``dtype``."""
+  return np.dtype(dtype).itemsize * 8
 
 
 def index_dtype(size: int) -> np.dtype:
@@ -61,3 +70,46 @@ def unpack_codes(planes: jnp.ndarray, size: int) -> jnp.ndarray:
   for b in range(planes.shape[0]):
     codes = codes | (unpack_bits(planes[b], size).astype(jnp.uint32) << b)
   return codes
+
+
+# ------------------------------------------------------------ byte buffers
+
+
+def _to_bytes(x: jax.Array) -> jax.Array:
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  # itemsize 1: same shape; wider types gain a trailing axis of itemsize bytes
+  return lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
+
+
+def _from_bytes(buf: jax.Array, shape, dtype) -> jax.Array:
+  """Inverse of :func:`_to_bytes` on the last axis of ``buf`` (leading axes kept)."""
+  dtype = np.dtype(dtype)
+  lead = buf.shape[:-1]
+  if dtype == np.bool_:
+    return buf.reshape(lead + tuple(shape)) != 0
+  if dtype.itemsize == 1:
+    return lax.bitcast_convert_type(buf, dtype).reshape(lead + tuple(shape))
+  b = buf.reshape(lead + tuple(shape) + (dtype.itemsize,))
+  return lax.bitcast_convert_type(b, dtype)
+
+
+def pack(tree) -> tuple[jax.Array, Any]:
+  """All arrays of ``tree`` bit-cast into one uint8 buffer, and what
+  :func:`unpack` needs: the bytes on the wire are exactly the arrays' bytes."""
+  leaves, treedef = jax.tree.flatten(tree)
+  specs = [(tuple(l.shape), np.dtype(l.dtype)) for l in leaves]
+  if not leaves:
+    return jnp.zeros((0,), jnp.uint8), (treedef, specs)
+  return jnp.concatenate([_to_bytes(l) for l in leaves]), (treedef, specs)
+
+
+def unpack(buf: jax.Array, spec) -> Any:
+  """Inverse of :func:`pack`; ``buf`` may have leading axes (e.g. gathered)."""
+  treedef, specs = spec
+  out, offset = [], 0
+  for shape, dtype in specs:
+    nbytes = math.prod(shape) * dtype.itemsize
+    out.append(_from_bytes(buf[..., offset:offset + nbytes], shape, dtype))
+    offset += nbytes
+  return treedef.unflatten(out)

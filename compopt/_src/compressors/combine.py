@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from compopt._src import checks
+from compopt._src import wire
 from compopt._src.compressors import base
 
 
@@ -17,6 +17,7 @@ class Identity(base.Compressor):
   """C(x) = x: classes U(0) and B(1). Wire: the dense leaf in its dtype."""
   name: str = "identity"
   randomized = False
+  linear_payload = True
 
   def _encode(self, key, x):
     del key
@@ -26,7 +27,7 @@ class Identity(base.Compressor):
     return payload["values"]
 
   def _wire_bits(self, size, dtype):
-    return size * base.dtype_bits(dtype)
+    return size * wire.dtype_bits(dtype)
 
   def _omega(self, size):
     return 0.0
@@ -40,8 +41,9 @@ class Bernoulli(base.Compressor):
   """B_p(x) = x with probability p, else 0 (paper 002, footnote 2): class B(p).
 
   E‖B_p(x) − x‖² = (1 − p)‖x‖². The payload is the dense leaf, sent only when
-  the coin comes up (``expected_wire_bits`` = p · ``wire_bits``); whether it
-  did is known to every receiver that shares the key.
+  the coin comes up (on average p · ``wire_bits``; ``wire_bits`` counts the
+  leaf as if it were always sent, which the fixed-size exchange does);
+  whether it did is known to every receiver that shares the key.
   """
   p: float = 1.0
   name: str = "bernoulli"
@@ -55,10 +57,7 @@ class Bernoulli(base.Compressor):
     return payload["values"]
 
   def _wire_bits(self, size, dtype):
-    return size * base.dtype_bits(dtype)
-
-  def _expected_wire_bits(self, size, dtype):
-    return self.p * self._wire_bits(size, dtype)
+    return size * wire.dtype_bits(dtype)
 
   def _delta(self, size):
     return self.p
@@ -86,6 +85,10 @@ class Induced(base.Compressor):
   def decode_needs_key(self):
     return self.c1.decode_needs_key or self.c2.decode_needs_key
 
+  @property
+  def linear_payload(self):
+    return self.c1.linear_payload and self.c2.linear_payload
+
   def _encode(self, key, x):
     k1, k2 = _split(key)
     p1 = self.c1._encode(k1, x)
@@ -103,10 +106,6 @@ class Induced(base.Compressor):
   def _wire_bits(self, size, dtype):
     return self.c1._wire_bits(size, dtype) + self.c2._wire_bits(size, dtype)
 
-  def _expected_wire_bits(self, size, dtype):
-    return (self.c1._expected_wire_bits(size, dtype)
-            + self.c2._expected_wire_bits(size, dtype))
-
   def _omega(self, size):
     delta1, omega2 = self.c1._delta(size), self.c2._omega(size)
     if delta1 is None or omega2 is None:
@@ -115,8 +114,9 @@ class Induced(base.Compressor):
 
 
 class _Wrapper(base.Compressor):
-  """A compressor built on one ``inner`` compressor: it is randomized, and
-  needs the key to decode, exactly when ``inner`` does."""
+  """A compressor built on one ``inner`` compressor: it is randomized, needs
+  the key to decode and has a linear payload exactly when ``inner`` does
+  (scaling and summing rounds keep decoding linear)."""
   inner: base.Compressor
 
   @property
@@ -126,6 +126,10 @@ class _Wrapper(base.Compressor):
   @property
   def decode_needs_key(self):
     return self.inner.decode_needs_key
+
+  @property
+  def linear_payload(self):
+    return self.inner.linear_payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +151,6 @@ class Scaled(_Wrapper):
   def _wire_bits(self, size, dtype):
     return self.inner._wire_bits(size, dtype)
 
-  def _expected_wire_bits(self, size, dtype):
-    return self.inner._expected_wire_bits(size, dtype)
-
   def _omega(self, size):
     return self.inner._omega(size) if self.scale == 1.0 else None
 
@@ -162,12 +163,6 @@ class Scaled(_Wrapper):
     lam = self.scale
     delta = 2 * lam - lam * lam * (1 + omega)
     return min(delta, 1.0) if delta > 0 else None
-
-
-def _check_compressor(c, name, owner):
-  if not isinstance(c, base.Compressor):
-    raise TypeError(f"{owner}: `{name}` must be a compopt compressor; got {c!r}")
-  return c
 
 
 def identity() -> Identity:
@@ -183,7 +178,7 @@ def bernoulli(p: float) -> Bernoulli:
   Args:
     p: probability in (0, 1] of sending x.
   """
-  return Bernoulli(p=base.check_fraction(p, "p", "bernoulli"))
+  return Bernoulli(p=checks.check_fraction(p, "p", "bernoulli"))
 
 
 def induced(c1: base.Compressor, c2: base.Compressor) -> Induced:
@@ -201,8 +196,8 @@ def induced(c1: base.Compressor, c2: base.Compressor) -> Induced:
     communication-efficient distributed learning, ICLR 2021.
     https://arxiv.org/abs/2006.11077
   """
-  return Induced(c1=_check_compressor(c1, "c1", "induced"),
-                 c2=_check_compressor(c2, "c2", "induced"))
+  return Induced(c1=base.check_compressor(c1, "induced", "c1"),
+                 c2=base.check_compressor(c2, "induced", "c2"))
 
 
 def scaled(c: base.Compressor, scale: float) -> Scaled:
@@ -213,12 +208,9 @@ def scaled(c: base.Compressor, scale: float) -> Scaled:
     c: the compressor to scale.
     scale: λ, a finite number > 0.
   """
-  c = _check_compressor(c, "c", "scaled")
-  if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
-    raise TypeError(f"scaled: `scale` must be a finite number > 0; got {scale!r}")
-  if not (math.isfinite(scale) and scale > 0):
-    raise ValueError(f"scaled: `scale` must be a finite number > 0; got {scale}")
-  return Scaled(inner=c, scale=float(scale))
+  c = base.check_compressor(c, "scaled", "c")
+  scale = checks.check_real(scale, "scale", "scaled", lo=0.0, lo_open=True)
+  return Scaled(inner=c, scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +254,6 @@ class FCC(_Wrapper):
   def _wire_bits(self, size, dtype):
     return self.rounds * self.inner._wire_bits(size, dtype)
 
-  def _expected_wire_bits(self, size, dtype):
-    return self.rounds * self.inner._expected_wire_bits(size, dtype)
-
   def _delta(self, size):
     delta = self.inner._delta(size)
     if delta is None:
@@ -297,6 +286,6 @@ def fcc(c: base.Compressor, rounds: int) -> FCC:
     distributed learning with communication compression, NeurIPS 2022.
     https://arxiv.org/abs/2206.03665
   """
-  c = _check_compressor(c, "c", "fcc")
-  rounds = base.check_positive_int(rounds, "rounds", "fcc")
+  c = base.check_compressor(c, "fcc", "c")
+  rounds = checks.check_int(rounds, "rounds", "fcc")
   return FCC(inner=c, rounds=rounds)

@@ -15,8 +15,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from compopt._src import checks
 from compopt._src import wire
 from compopt._src.compressors import base
+from compopt._src.compressors import fusion
 
 
 def _signs(bits_packed, size, ct):
@@ -38,8 +40,8 @@ class Sign(base.Compressor):
     ct = base.compute_dtype(x.dtype)
     # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
     # only then is the input checked element by element.
-    l1 = base.isolated(lambda v: jnp.sum(jnp.abs(v.astype(ct))), x)
-    if x.size < base.ISOLATE_MIN:
+    l1 = fusion.isolated(lambda v: jnp.sum(jnp.abs(v.astype(ct))), x)
+    if x.size < fusion.ISOLATE_MIN:
       finite = jnp.all(jnp.isfinite(x))
     else:
       # (v[:0]: an empty, always-true check that varies with x like the other
@@ -54,7 +56,7 @@ class Sign(base.Compressor):
     return _signs(payload["signs"], size, ct) * payload["scale"]
 
   def _wire_bits(self, size, dtype):
-    return 8 * wire.packed_bytes(size) + base.dtype_bits(base.compute_dtype(dtype))
+    return 8 * wire.packed_bytes(size) + wire.dtype_bits(base.compute_dtype(dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ class BlockSign(base.Compressor):
       return jnp.concatenate(sums) if len(sums) > 1 else sums[0]
 
     counts = jnp.full((nblocks,), block, ct).at[-1].set(x.size - block * (nblocks - 1))
-    scales = base.isolated(block_sums, x) / counts
+    scales = fusion.isolated(block_sums, x) / counts
     return {"signs": wire.pack_bits(x < 0), "scales": scales}
 
   def _decode(self, payload, size, dtype, key):
@@ -97,7 +99,7 @@ class BlockSign(base.Compressor):
 
   def _wire_bits(self, size, dtype):
     _, nblocks = self._blocks(size)
-    return 8 * wire.packed_bytes(size) + nblocks * base.dtype_bits(base.compute_dtype(dtype))
+    return 8 * wire.packed_bytes(size) + nblocks * wire.dtype_bits(base.compute_dtype(dtype))
 
   def _delta(self, size):
     block, _ = self._blocks(size)
@@ -144,5 +146,5 @@ def block_sign(block_size: int | None = None) -> BlockSign:
     ICLR 2022. https://arxiv.org/abs/2205.05632
   """
   if block_size is not None:
-    block_size = base.check_positive_int(block_size, "block_size", "block_sign")
+    block_size = checks.check_int(block_size, "block_size", "block_sign")
   return BlockSign(block_size=block_size)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from compopt._src import checks
 from compopt._src import wire
 from compopt._src.compressors import base
 
@@ -24,8 +25,8 @@ def _check_k_or_ratio(k, ratio, owner):
     raise ValueError(f"{owner}: give exactly one of `k` (an integer >= 1) or "
                      f"`ratio` (in (0, 1]); got k={k!r}, ratio={ratio!r}")
   if k is not None:
-    return base.check_positive_int(k, "k", owner), None
-  return None, base.check_fraction(ratio, "ratio", owner)
+    return checks.check_int(k, "k", owner), None
+  return None, checks.check_fraction(ratio, "ratio", owner)
 
 
 def resolve_k(k: int | None, ratio: float | None, size: int, owner: str) -> int:
@@ -58,10 +59,17 @@ def nonfinite_poison(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.all(jnp.isfinite(x)), 0, jnp.nan).astype(x.dtype)
 
 
+def scatter(size: int, dtype, indices, values) -> jax.Array:
+  """The dense vector of a sparse payload: ``values`` added at ``indices``
+  (padding values are 0)."""
+  return jnp.zeros((size,), dtype).at[indices.astype(jnp.int32)].add(
+      values.astype(dtype), mode="drop")
+
+
 def _sparse_wire_bits(k: int, size: int, dtype, with_indices: bool = True) -> int:
-  bits = k * base.dtype_bits(dtype)
+  bits = k * wire.dtype_bits(dtype)
   if with_indices:
-    bits += k * base.dtype_bits(wire.index_dtype(size))
+    bits += k * wire.dtype_bits(wire.index_dtype(size))
   return bits
 
 
@@ -176,12 +184,12 @@ class TopK(base.Compressor):
                      total_repeat_length=full * per),
           jnp.full((tail_k,), full * block, jnp.int32)])
       idx = starts + idx.astype(jnp.int32)
-    return base.scatter(size, dtype, idx, payload["values"])
+    return scatter(size, dtype, idx, payload["values"])
 
   def _wire_bits(self, size, dtype):
     kept = self._kept(size)
     index = wire.index_dtype(size if self.block_size is None else min(self.block_size, size))
-    return kept * (base.dtype_bits(dtype) + base.dtype_bits(index))
+    return kept * (wire.dtype_bits(dtype) + wire.dtype_bits(index))
 
   def _delta(self, size):
     if self.block_size is None:
@@ -203,6 +211,12 @@ class RandK(base.Compressor):
   def decode_needs_key(self):
     return self.shared
 
+  @property
+  def linear_payload(self):
+    # Shared positions: the payload is the values alone, and decoding
+    # (scatter of (d/k)·values at the key's positions) is linear in them.
+    return self.shared
+
   def _indices(self, key, size):
     return uniform_subset(key, size, resolve_k(self.k, self.ratio, size, self.name))
 
@@ -218,7 +232,7 @@ class RandK(base.Compressor):
     k = payload["values"].shape[0]
     ct = base.compute_dtype(dtype)
     values = payload["values"].astype(ct) * (size / k)
-    return base.scatter(size, ct, idx, values)
+    return scatter(size, ct, idx, values)
 
   def _wire_bits(self, size, dtype):
     k = resolve_k(self.k, self.ratio, size, self.name)
@@ -325,7 +339,7 @@ class RandKWangni(base.Compressor):
             "indices": jnp.where(valid, idx, 0).astype(wire.index_dtype(x.size))}
 
   def _decode(self, payload, size, dtype, key):
-    return base.scatter(size, dtype, payload["indices"], payload["values"])
+    return scatter(size, dtype, payload["indices"], payload["values"])
 
   def _wire_bits(self, size, dtype):
     return _sparse_wire_bits(self._k(size), size, dtype)
@@ -375,7 +389,7 @@ def top_k(k: int | None = None, *, ratio: float | None = None,
   """
   k, ratio = _check_k_or_ratio(k, ratio, "top_k")
   if block_size is not None:
-    block_size = base.check_positive_int(block_size, "block_size", "top_k", minimum=2)
+    block_size = checks.check_int(block_size, "block_size", "top_k", lo=2)
   return TopK(k=k, ratio=ratio, block_size=block_size)
 
 

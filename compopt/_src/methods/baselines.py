@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from compopt._src import faults
+from compopt._src import checks
 from compopt._src.compressors import sign as csign
-from compopt._src.methods import _common
 from compopt._src.methods import dcsgd as dcsgd_lib
+from compopt._src.methods import guard
 
 
 def majority_vote() -> optax.GradientTransformationExtraArgs:
@@ -34,6 +36,7 @@ def signsgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
     axis_name: str | None = None,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""signSGD with majority vote.
@@ -49,6 +52,9 @@ def signsgd(
   Args:
     learning_rate: γ, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
+    scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase()``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -68,12 +74,14 @@ def signsgd(
     optimisation for non-convex problems, ICML 2018.
     https://arxiv.org/abs/1802.04434
   """
-  _common.check_learning_rate(learning_rate, "signsgd")
-  return faults.chain(
-      dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),
+  owner = "signsgd"
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
+      dcsgd_lib._compressed_mean(csign.sign(), axis_name=axis_name, sampling=None, key=0,
+                                 scheme=scheme, owner=owner),
       majority_vote(),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="signsgd")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 def signum(
@@ -81,6 +89,7 @@ def signum(
     *,
     momentum: float = 0.9,
     axis_name: str | None = None,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Signum: signSGD on each worker's momentum, with majority vote.
@@ -94,6 +103,9 @@ def signum(
     learning_rate: γ, a float or an optax schedule.
     momentum: β.
     axis_name: the worker axis (``None``: one worker).
+    scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase()``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -113,14 +125,16 @@ def signum(
     optimisation for non-convex problems, ICML 2018.
     https://arxiv.org/abs/1802.04434
   """
-  _common.check_learning_rate(learning_rate, "signum")
-  _common.check_interval(momentum, "momentum", "signum", 0.0, 1.0, high_open=True)
-  return faults.chain(
+  owner = "signum"
+  checks.check_learning_rate(learning_rate, owner)
+  checks.check_interval(momentum, "momentum", owner, 0.0, 1.0, high_open=True)
+  return guard.chain(
       optax.ema(momentum, debias=False),  # m_i on the worker
-      dcsgd_lib.compressed_mean(csign.sign(), axis_name=axis_name),
+      dcsgd_lib._compressed_mean(csign.sign(), axis_name=axis_name, sampling=None, key=0,
+                                 scheme=scheme, owner=owner),
       majority_vote(),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="signum")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 def scaled_signsgd(
@@ -128,6 +142,7 @@ def scaled_signsgd(
     *,
     axis_name: str | None = None,
     momentum: float | None = None,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scaled signSGD (paper 004 §6): DCSGD with the layer-wise scaled sign.
@@ -140,6 +155,9 @@ def scaled_signsgd(
     learning_rate: γ, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
     momentum: optional momentum on the aggregate.
+    scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
+      (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
+      scheme such as ``two_phase()``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -158,5 +176,7 @@ def scaled_signsgd(
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
   """
-  return dcsgd_lib.dcsgd(learning_rate, compressor=csign.scaled_sign(),
-                         axis_name=axis_name, momentum=momentum, skip_nonfinite=skip_nonfinite)
+  return dcsgd_lib._dcsgd(learning_rate, compressor=csign.scaled_sign(),
+                          axis_name=axis_name, sampling=None, momentum=momentum,
+                          nesterov=False, key=0, scheme=scheme,
+                          skip_nonfinite=skip_nonfinite, owner="scaled_signsgd")

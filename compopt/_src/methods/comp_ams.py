@@ -8,17 +8,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
-from compopt._src import faults
-from compopt._src.methods import _common
+from compopt._src import checks
 from compopt._src.methods import dcsgd as dcsgd_lib
 from compopt._src.methods import error_feedback as ef_lib
+from compopt._src.methods import guard
 
 
 class ScaleByCompAmsState(NamedTuple):
   """State of :func:`scale_by_comp_ams`."""
-  count: jax.Array  # int32
   mu: optax.Updates  # m_t
   nu: optax.Updates  # v_t
   nu_max: optax.Updates  # v̂_t
@@ -26,10 +24,10 @@ class ScaleByCompAmsState(NamedTuple):
 
 def _check_hyperparams(b1, b2, eps, owner):
   # Traced values (under optax.inject_hyperparams) cannot be checked here.
-  _common.check_interval(b1, "b1", owner, 0.0, 1.0, high_open=True)
-  _common.check_interval(b2, "b2", owner, 0.0, 1.0, high_open=True)
-  _common.check_interval(eps, "eps", owner, 0.0, float("inf"), low_open=True,
-                         high_open=True)
+  checks.check_interval(b1, "b1", owner, 0.0, 1.0, high_open=True)
+  checks.check_interval(b2, "b2", owner, 0.0, 1.0, high_open=True)
+  checks.check_interval(eps, "eps", owner, 0.0, float("inf"), low_open=True,
+                        high_open=True)
 
 
 def scale_by_comp_ams(
@@ -47,10 +45,13 @@ def scale_by_comp_ams(
     \hat v_t = \max(\hat v_{t-1}, v_t),\quad
     \text{output } \frac{m_t}{\sqrt{\hat v_t + \epsilon}}.
 
-  Unlike ``optax.scale_by_amsgrad`` there is no bias correction and ε sits
-  inside the square root (optax: m̂/(√v̂ + ε) with m̂ = m/(1 − β1^t), v̂ the max
-  of bias-corrected v). Early steps therefore move less: by a factor
-  (1 − β1)/√(1 − β2) ≈ 3.2 on the first step for the defaults.
+  Unlike ``optax.scale_by_amsgrad``'s defaults there is no bias correction
+  and ε sits inside the square root (optax: m̂/(√v̂ + ε) with m̂ = m/(1 − β1^t),
+  v̂ the max of bias-corrected v). Early steps therefore move less: by a
+  factor (1 − β1)/√(1 − β2) ≈ 3.2 on the first step for the defaults. In
+  float32 it equals ``optax.scale_by_amsgrad(b1, b2, eps=0, eps_root=eps,
+  bias_correction_mu=False, bias_correction_nu=False)`` (optax ≥ 0.2.7); this
+  form keeps the moments v_t and v̂_t in float32 for bfloat16 updates too.
 
   Args:
     b1: β1 in [0, 1).
@@ -64,27 +65,25 @@ def scale_by_comp_ams(
   """
   owner = "scale_by_comp_ams"
   _check_hyperparams(b1, b2, eps, owner)
-  mu_dtype = _common.resolve_dtype(mu_dtype, "mu_dtype", owner)
+  mu_dtype = checks.resolve_dtype(mu_dtype, "mu_dtype", owner)
 
   def init_fn(params):
     def zeros(dtype=None):
       return jax.tree.map(
           lambda p: jnp.zeros(p.shape, dtype or jnp.promote_types(p.dtype, jnp.float32)),
           params)
-    return ScaleByCompAmsState(count=jnp.zeros([], jnp.int32), mu=zeros(mu_dtype),
-                               nu=zeros(), nu_max=zeros())
+    return ScaleByCompAmsState(mu=zeros(mu_dtype), nu=zeros(), nu_max=zeros())
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _common.check_same_tree(updates, state.mu, owner, "mu")
+    checks.check_same_tree(updates, state.mu, owner, "mu")
     g = jax.tree.map(lambda u: u.astype(jnp.float32), updates)
     mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x).astype(m.dtype), state.mu, g)
     nu = jax.tree.map(lambda v, x: (b2 * v + (1 - b2) * x * x).astype(v.dtype), state.nu, g)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
     out = jax.tree.map(lambda m, v, u: (m / jnp.sqrt(v + eps)).astype(u.dtype),
                        mu, nu_max, updates)
-    return out, ScaleByCompAmsState(count=numerics.safe_increment(state.count),
-                                    mu=mu, nu=nu, nu_max=nu_max)
+    return out, ScaleByCompAmsState(mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -104,15 +103,27 @@ def worker_error_feedback(
     \tilde g_i = \mathcal{C}(g_i + e_i),\quad e_i \leftarrow e_i + g_i - \tilde g_i,
     \quad\text{output } \bar g = \tfrac1n\textstyle\sum_i \tilde g_i
 
-  (paper 003, Alg. 2 lines 7–12). It is :func:`compopt.error_feedback` fed
-  with −g instead of −γg (``scheme`` as there).
+  (Li & Li 2022, Alg. 2 lines 7–12). It is :func:`compopt.error_feedback`
+  on g instead of −γg (``scheme`` as there); its state is an
+  :class:`compopt.ErrorFeedbackState`.
+
+  Args:
+    compressor: C, e.g. ``top_k(ratio=0.01)`` or ``block_sign()``.
+    axis_name: the worker axis (``None``: one worker).
+    key: seed or PRNG key; split every step.
+    error_dtype: dtype of e_i (float32 by default).
+    scheme: how the workers exchange payloads (see :func:`compopt.error_feedback`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Li, Li. On distributed adaptive optimization with gradient compression,
+    ICLR 2022. https://arxiv.org/abs/2205.05632
   """
-  return optax.chain(
-      optax.scale(-1.0),
-      ef_lib.error_feedback(compressor, axis_name=axis_name, key=key,
-                            error_dtype=error_dtype, scheme=scheme),
-      optax.scale(-1.0),
-  )
+  return ef_lib._error_feedback(compressor, axis_name=axis_name, key=key,
+                                error_dtype=error_dtype, scheme=scheme,
+                                owner="worker_error_feedback", scaled_step=False)
 
 
 def comp_ams(
@@ -180,18 +191,18 @@ def comp_ams(
     ICLR 2022. https://arxiv.org/abs/2205.05632
   """
   owner = "comp_ams"
-  _common.check_compressor(compressor, owner)
   _check_hyperparams(b1, b2, eps, owner)
-  _common.check_learning_rate(learning_rate, owner)
-  _common.check_bool(error_feedback, "error_feedback", owner)
-  _common.check_bool(optax_amsgrad, "optax_amsgrad", owner)
+  checks.check_learning_rate(learning_rate, owner)
+  checks.check_bool(error_feedback, "error_feedback", owner)
+  checks.check_bool(optax_amsgrad, "optax_amsgrad", owner)
   if error_feedback:
-    workers = worker_error_feedback(compressor, axis_name=axis_name, key=key,
-                                    error_dtype=error_dtype, scheme=scheme)
+    workers = ef_lib._error_feedback(compressor, axis_name=axis_name, key=key,
+                                     error_dtype=error_dtype, scheme=scheme, owner=owner,
+                                     scaled_step=False)
   else:
-    workers = dcsgd_lib.compressed_mean(compressor, axis_name=axis_name, key=key,
-                                        scheme=scheme)
+    workers = dcsgd_lib._compressed_mean(compressor, axis_name=axis_name, sampling=None,
+                                         key=key, scheme=scheme, owner=owner)
   server = (optax.scale_by_amsgrad(b1=b1, b2=b2, eps=eps) if optax_amsgrad
             else scale_by_comp_ams(b1=b1, b2=b2, eps=eps))
-  return faults.chain(workers, server, optax.scale_by_learning_rate(learning_rate),
-                      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
+  return guard.chain(workers, server, optax.scale_by_learning_rate(learning_rate),
+                     axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)

@@ -5,24 +5,23 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
+from compopt._src import checks
 from compopt._src import comm
-from compopt._src import exchange as exchange_lib
-from compopt._src import faults
+from compopt._src import counters
 from compopt._src import sampling as sampling_lib
+from compopt._src import schemes
+from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
-from compopt._src.methods import _common
+from compopt._src.methods import guard
 
 
 class CompressedMeanState(NamedTuple):
   """State of :func:`compressed_mean`."""
-  count: jax.Array  # int32, number of exchanges
   key: jax.Array  # uint32[2], split every step, identical on all workers
-  bits: comm.CommBits  # bits this worker sent / received
-  server_error: Any = ()  # e_s of two_phase with a server compressor, else ()
+  bits: counters.CommBits  # bits this worker sent / received
+  scheme_state: Any  # the exchange scheme's state (two_phase's server error)
 
 
 def compressed_mean(
@@ -41,7 +40,7 @@ def compressed_mean(
     sampling } S:\quad \Delta = \sum_{i \in S} \frac{\mathcal{C}(u_i)}{n p_i}.
 
   The payload of C(u_i), not a dense copy, is what crosses the wire (see
-  ``compopt._src.comm``). Every worker gets the same Δ. Per-worker randomness
+  ``compopt.exchange``). Every worker gets the same Δ. Per-worker randomness
   comes from ``fold_in(step_key, axis_index)``; the sampled set S from the
   step key itself, so all workers agree on it.
 
@@ -72,35 +71,39 @@ def compressed_mean(
     communication-efficient distributed learning, ICLR 2021 (Alg. 1, §4.2).
     https://arxiv.org/abs/2006.11077
   """
-  owner = "compressed_mean"
-  _common.check_compressor(compressor, owner)
-  _common.check_axis_name(axis_name, owner)
-  _common.check_key(key, owner)
+  return _compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key,
+                          scheme=scheme, owner="compressed_mean")
+
+
+def _compressed_mean(compressor, *, axis_name, sampling, key, scheme, owner):
+  """:func:`compressed_mean`, reporting errors as ``owner``."""
+  cbase.check_compressor(compressor, owner)
+  checks.check_axis_name(axis_name, owner)
+  checks.check_key(key, owner, seed=True)
   sampling = sampling_lib.resolve(sampling, owner)
-  scheme = exchange_lib.resolve(scheme, owner)
+  scheme = schemes.resolve(scheme, owner)
 
   def init_fn(params):
-    return CompressedMeanState(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        bits=comm.zero_bits(), server_error=comm.init_server_error(scheme, params))
+    return CompressedMeanState(key=checks.prng_key(key, owner), bits=counters.zero_bits(),
+                               scheme_state=scheme.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     next_key, step_key = jax.random.split(state.key)
     # Δ = Σ_{i∈S} C(g_i)/(n p_i)   (Alg. 1 line 10; §4.2)
-    out = comm.exchange(compressor, updates, step_key, axis_name, sampling=sampling,
-                        scheme=scheme, server_error=state.server_error, owner=owner)
-    return out.mean, CompressedMeanState(
-        count=numerics.safe_increment(state.count), key=next_key,
-        bits=comm.add_bits(state.bits, out.sent), server_error=out.server_error)
+    out = comm.exchange(compressor, updates, step_key, axis_name, scheme=scheme,
+                        state=state.scheme_state, sampling=sampling, owner=owner)
+    mean = jax.tree.map(lambda m, u: m.astype(u.dtype), out.mean, updates)
+    return mean, CompressedMeanState(key=next_key, bits=counters.add_bits(state.bits, out.sent),
+                                     scheme_state=out.state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _momentum(momentum, nesterov, owner):
-  _common.check_interval(momentum, "momentum", owner, 0.0, 1.0, high_open=True,
-                         allow_none=True)
-  _common.check_bool(nesterov, "nesterov", owner)
+  checks.check_interval(momentum, "momentum", owner, 0.0, 1.0, high_open=True,
+                        allow_none=True)
+  checks.check_bool(nesterov, "nesterov", owner)
   if momentum is None:
     return optax.identity()
   return optax.trace(decay=momentum, nesterov=nesterov)
@@ -165,13 +168,21 @@ def dcsgd(
     communication-efficient distributed learning, ICLR 2021.
     https://arxiv.org/abs/2006.11077
   """
-  _common.check_learning_rate(learning_rate, "dcsgd")
-  return faults.chain(
-      compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key,
-                      scheme=scheme),
-      _momentum(momentum, nesterov, "dcsgd"),
+  return _dcsgd(learning_rate, compressor=compressor, axis_name=axis_name,
+                sampling=sampling, momentum=momentum, nesterov=nesterov, key=key,
+                scheme=scheme, skip_nonfinite=skip_nonfinite, owner="dcsgd")
+
+
+def _dcsgd(learning_rate, *, compressor, axis_name, sampling, momentum, nesterov, key,
+           scheme, skip_nonfinite, owner):
+  """:func:`dcsgd`, reporting errors as ``owner`` (its aliases)."""
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
+      _compressed_mean(compressor, axis_name=axis_name, sampling=sampling, key=key,
+                       scheme=scheme, owner=owner),
+      _momentum(momentum, nesterov, owner),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="dcsgd")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 def psgd(
@@ -180,6 +191,7 @@ def psgd(
     axis_name: str | None = None,
     momentum: float | None = None,
     nesterov: bool = False,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parallel SGD (P-SGD): the uncompressed mean of the workers' gradients.
@@ -190,12 +202,17 @@ def psgd(
 
   The baseline every paper compares with: a dense all-reduce (pmean) per
   step, counted as a ring all-reduce, 2(n − 1)/n × the dense bits each way.
+  It is :func:`dcsgd` with the identity compressor.
 
   Args:
     learning_rate: η, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
     momentum: optional heavy-ball momentum.
     nesterov: Nesterov momentum.
+    scheme: how the workers exchange: the dense all-reduce by default (also
+      for ``"allgather"``, ``"allreduce"`` and ``"auto"``, which move more);
+      ``compopt.exchange.two_phase(server_compressor)`` compresses the
+      aggregate on its way back.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -214,9 +231,6 @@ def psgd(
     Zinkevich, Weimer, Li, Smola. Parallelized stochastic gradient descent,
     NeurIPS 2010.
   """
-  _common.check_learning_rate(learning_rate, "psgd")
-  return faults.chain(
-      compressed_mean(combine.identity(), axis_name=axis_name),
-      _momentum(momentum, nesterov, "psgd"),
-      optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="psgd")
+  return _dcsgd(learning_rate, compressor=combine.identity(), axis_name=axis_name,
+                sampling=None, momentum=momentum, nesterov=nesterov, key=0, scheme=scheme,
+                skip_nonfinite=skip_nonfinite, owner="psgd")

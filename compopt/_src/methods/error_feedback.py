@@ -7,22 +7,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
+from compopt._src import checks
 from compopt._src import comm
-from compopt._src import exchange as exchange_lib
+from compopt._src import counters
+from compopt._src import reshard
+from compopt._src import schemes
+from compopt._src.compressors import base as cbase
 from compopt._src.compressors import sign as csign
-from compopt._src import faults
-from compopt._src.methods import _common
+from compopt._src.methods import guard
 
 
+@reshard.rules(error=reshard.MEAN)
 class ErrorFeedbackState(NamedTuple):
-  """State of :func:`error_feedback`."""
-  count: jax.Array  # int32
+  """State of :func:`error_feedback` (and of COMP-AMS's workers)."""
   key: jax.Array  # uint32[2], split every step
   error: optax.Updates  # e_i, this worker's residual, in error_dtype
-  bits: comm.CommBits
-  server_error: Any = ()  # e_s of two_phase with a server compressor, else ()
+  bits: counters.CommBits
+  scheme_state: Any  # the exchange scheme's state (two_phase's server error)
 
 
 def error_feedback(
@@ -65,36 +67,55 @@ def error_feedback(
     gradient compression schemes, ICML 2019 (Alg. 2).
     https://arxiv.org/abs/1901.09847
   """
-  owner = "error_feedback"
-  _common.check_compressor(compressor, owner)
-  _common.check_axis_name(axis_name, owner)
-  _common.check_key(key, owner)
-  error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
-  scheme = exchange_lib.resolve(scheme, owner)
+  return _error_feedback(compressor, axis_name=axis_name, key=key,
+                         error_dtype=error_dtype, scheme=scheme, owner="error_feedback",
+                         scaled_step=True)
+
+
+def _error_feedback(compressor, *, axis_name, key, error_dtype, scheme, owner,
+                    scaled_step):
+  """Worker error feedback, reporting errors as ``owner``.
+
+  ``scaled_step=True``: the input is the step u_i = −γ g_i and the output
+  −mean_i Δ_i (:func:`error_feedback`); ``False``: the input is g_i itself
+  and the output +mean_i Δ_i (COMP-AMS's workers, Li & Li 2022, Alg. 2
+  lines 7–12). Both compute p_i = e_i + (γ) g_i exactly.
+  """
+  cbase.check_compressor(compressor, owner)
+  checks.check_axis_name(axis_name, owner)
+  checks.check_key(key, owner, seed=True)
+  error_dtype = checks.resolve_dtype(error_dtype, "error_dtype", owner)
+  scheme = schemes.resolve(scheme, owner)
 
   def init_fn(params):
     return ErrorFeedbackState(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits(),
-        server_error=comm.init_server_error(scheme, params))
+        key=checks.prng_key(key, owner),
+        error=optax.tree_utils.tree_zeros_like(params, error_dtype),
+        bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _common.check_same_tree(updates, state.error, owner, "error")
+    checks.check_same_tree(updates, state.error, owner, "error")
     next_key, step_key = jax.random.split(state.key)
-    # p_t = γ g_t + e_t   (004 Alg. 2 line 5; updates = −γ g_t)
-    p = jax.tree.map(lambda u, e: e - u.astype(e.dtype), updates, state.error)
+    # p_t = γ g_t + e_t   (Karimireddy et al. 2019, Alg. 2 line 5)
+    if scaled_step:  # updates = −γ g_t
+      p = jax.tree.map(lambda u, e: e - u.astype(e.dtype), updates, state.error)
+    else:  # updates = g_t
+      p = jax.tree.map(lambda u, e: e + u.astype(e.dtype), updates, state.error)
     p_wire = jax.tree.map(lambda q, u: q.astype(u.dtype), p, updates)
     # Δ_t = C(p_t), sent; the mean over workers comes back.
     out = comm.exchange(compressor, p_wire, step_key, axis_name, scheme=scheme,
-                        server_error=state.server_error, owner=owner, return_own=True)
+                        state=state.scheme_state, owner=owner, return_own=True)
     # e_{t+1} = p_t − Δ_t   (line 8)
     error = jax.tree.map(lambda q, d: q - d.astype(q.dtype), p, out.own)
     # x_{t+1} = x_t − mean_i Δ_{t,i}   (line 7)
-    new_updates = jax.tree.map(lambda d, u: (-d).astype(u.dtype), out.mean, updates)
+    if scaled_step:
+      new_updates = jax.tree.map(lambda d, u: (-d).astype(u.dtype), out.mean, updates)
+    else:
+      new_updates = jax.tree.map(lambda d, u: d.astype(u.dtype), out.mean, updates)
     return new_updates, ErrorFeedbackState(
-        count=numerics.safe_increment(state.count), key=next_key, error=error,
-        bits=comm.add_bits(state.bits, out.sent), server_error=out.server_error)
+        key=next_key, error=error, bits=counters.add_bits(state.bits, out.sent),
+        scheme_state=out.state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -153,12 +174,20 @@ def ef_sgd(
     Stich, Cordonnier, Jaggi. Sparsified SGD with memory, NeurIPS 2018.
     https://arxiv.org/abs/1809.07599
   """
-  _common.check_learning_rate(learning_rate, "ef_sgd")
-  return faults.chain(
+  return _ef_sgd(learning_rate, compressor=compressor, axis_name=axis_name, key=key,
+                 error_dtype=error_dtype, scheme=scheme, skip_nonfinite=skip_nonfinite,
+                 owner="ef_sgd")
+
+
+def _ef_sgd(learning_rate, *, compressor, axis_name, key, error_dtype, scheme,
+            skip_nonfinite, owner):
+  """:func:`ef_sgd`, reporting errors as ``owner`` (its aliases)."""
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
       optax.scale_by_learning_rate(learning_rate),
-      error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype,
-                     scheme=scheme),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="ef_sgd")
+      _error_feedback(compressor, axis_name=axis_name, key=key, error_dtype=error_dtype,
+                      scheme=scheme, owner=owner, scaled_step=True),
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 def ef_signsgd(
@@ -206,18 +235,19 @@ def ef_signsgd(
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
   """
-  return ef_sgd(learning_rate, compressor=csign.scaled_sign(), axis_name=axis_name,
-                key=key, error_dtype=error_dtype, scheme=scheme,
-                skip_nonfinite=skip_nonfinite)
+  return _ef_sgd(learning_rate, compressor=csign.scaled_sign(), axis_name=axis_name,
+                 key=key, error_dtype=error_dtype, scheme=scheme,
+                 skip_nonfinite=skip_nonfinite, owner="ef_signsgd")
 
 
-class EF21State(NamedTuple):
+@reshard.rules(local=reshard.copy_of("shared"))
+class EF21EstimatorState(NamedTuple):
   """State of :func:`ef21_estimator`."""
-  count: jax.Array
   key: jax.Array
   local: optax.Updates  # g_i, this worker's gradient estimate
   shared: optax.Updates  # g = mean_i g_i, identical on every worker
-  bits: comm.CommBits
+  bits: counters.CommBits
+  scheme_state: Any  # the exchange scheme's state
 
 
 def ef21_estimator(
@@ -226,6 +256,7 @@ def ef21_estimator(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     state_dtype=jnp.float32,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21's gradient estimator: outputs g = mean_i g_i, kept by compressed
   differences.
@@ -243,6 +274,9 @@ def ef21_estimator(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     state_dtype: dtype of g_i and g (float32 by default).
+    scheme: how the workers exchange payloads (see :func:`error_feedback`);
+      g = mean_i g_i needs the exact mean, so ``two_phase`` without a server
+      compressor only.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -252,35 +286,41 @@ def ef21_estimator(
     and practically faster error feedback, NeurIPS 2021.
     https://arxiv.org/abs/2106.05203
   """
-  owner = "ef21"
-  _common.check_compressor(compressor, owner)
-  _common.check_axis_name(axis_name, owner)
-  _common.check_key(key, owner)
-  state_dtype = _common.resolve_dtype(state_dtype, "state_dtype", owner)
+  return _ef21_estimator(compressor, axis_name=axis_name, key=key,
+                         state_dtype=state_dtype, scheme=scheme, owner="ef21_estimator")
+
+
+def _ef21_estimator(compressor, *, axis_name, key, state_dtype, scheme, owner):
+  """:func:`ef21_estimator`, reporting errors as ``owner``."""
+  cbase.check_compressor(compressor, owner)
+  checks.check_axis_name(axis_name, owner)
+  checks.check_key(key, owner, seed=True)
+  state_dtype = checks.resolve_dtype(state_dtype, "state_dtype", owner)
+  scheme = schemes.resolve(scheme, owner, exact=True)
 
   def init_fn(params):
-    return EF21State(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        local=_common.zeros_like_tree(params, state_dtype),
-        shared=_common.zeros_like_tree(params, state_dtype),
-        bits=comm.zero_bits())
+    return EF21EstimatorState(
+        key=checks.prng_key(key, owner),
+        local=optax.tree_utils.tree_zeros_like(params, state_dtype),
+        shared=optax.tree_utils.tree_zeros_like(params, state_dtype),
+        bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _common.check_same_tree(updates, state.local, owner, "local")
+    checks.check_same_tree(updates, state.local, owner, "local")
     next_key, step_key = jax.random.split(state.key)
     # c_i = C(∇f_i(x^{t+1}) − g_i^t)
     diff = jax.tree.map(lambda g, gi: (g.astype(gi.dtype) - gi).astype(g.dtype),
                         updates, state.local)
-    mean_c, c, sent = comm.compressed_mean(
-        compressor, diff, step_key, axis_name, owner=owner, return_own=True)
+    out = comm.exchange(compressor, diff, step_key, axis_name, scheme=scheme,
+                        state=state.scheme_state, owner=owner, return_own=True)
     # g_i^{t+1} = g_i^t + c_i;  g^{t+1} = g^t + mean_i c_i
-    local = jax.tree.map(lambda gi, ci: gi + ci.astype(gi.dtype), state.local, c)
-    shared = jax.tree.map(lambda g, mc: g + mc.astype(g.dtype), state.shared, mean_c)
-    out = jax.tree.map(lambda g, u: g.astype(u.dtype), shared, updates)
-    return out, EF21State(
-        count=numerics.safe_increment(state.count), key=next_key, local=local,
-        shared=shared, bits=comm.add_bits(state.bits, sent))
+    local = jax.tree.map(lambda gi, ci: gi + ci.astype(gi.dtype), state.local, out.own)
+    shared = jax.tree.map(lambda g, mc: g + mc.astype(g.dtype), state.shared, out.mean)
+    estimate = jax.tree.map(lambda g, u: g.astype(u.dtype), shared, updates)
+    return estimate, EF21EstimatorState(
+        key=next_key, local=local, shared=shared,
+        bits=counters.add_bits(state.bits, out.sent), scheme_state=out.state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -292,6 +332,7 @@ def ef21(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     state_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21-SGD: x ← x − γ g with EF21's compressed gradient estimator.
@@ -311,6 +352,7 @@ def ef21(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     state_dtype: dtype of g_i and g (float32 by default).
+    scheme: how the workers exchange payloads (see :func:`ef21_estimator`).
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -330,20 +372,23 @@ def ef21(
     and practically faster error feedback, NeurIPS 2021.
     https://arxiv.org/abs/2106.05203
   """
-  _common.check_learning_rate(learning_rate, "ef21")
-  return faults.chain(
-      ef21_estimator(compressor, axis_name=axis_name, key=key, state_dtype=state_dtype),
+  owner = "ef21"
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
+      _ef21_estimator(compressor, axis_name=axis_name, key=key, state_dtype=state_dtype,
+                      scheme=scheme, owner=owner),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="ef21")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
-class DoubleSqueezeState(NamedTuple):
-  """State of :func:`double_squeeze`'s estimator."""
-  count: jax.Array
+@reshard.rules(worker_error=reshard.MEAN)
+class DoubleSqueezeEstimatorState(NamedTuple):
+  """State of :func:`double_squeeze_estimator`."""
   key: jax.Array
   worker_error: optax.Updates  # δ_i, this worker's residual
   server_error: optax.Updates  # δ, the server's residual, replicated on all workers
-  bits: comm.CommBits
+  bits: counters.CommBits
+  scheme_state: Any  # the exchange scheme's state
 
 
 def double_squeeze_estimator(
@@ -353,6 +398,7 @@ def double_squeeze_estimator(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DoubleSqueeze's estimator: error feedback on the workers and the server.
 
@@ -373,6 +419,7 @@ def double_squeeze_estimator(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of δ_i and δ (float32 by default).
+    scheme: how the workers exchange payloads (see :func:`error_feedback`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -382,41 +429,49 @@ def double_squeeze_estimator(
     descent with double-pass error-compensated compression, ICML 2019.
     https://arxiv.org/abs/1905.05957
   """
-  owner = "double_squeeze"
-  _common.check_compressor(compressor, owner)
-  server = _common.check_compressor(
+  return _double_squeeze_estimator(
+      compressor, server_compressor=server_compressor, axis_name=axis_name, key=key,
+      error_dtype=error_dtype, scheme=scheme, owner="double_squeeze_estimator")
+
+
+def _double_squeeze_estimator(compressor, *, server_compressor, axis_name, key,
+                              error_dtype, scheme, owner):
+  """:func:`double_squeeze_estimator`, reporting errors as ``owner``."""
+  cbase.check_compressor(compressor, owner)
+  server = cbase.check_compressor(
       compressor if server_compressor is None else server_compressor, owner,
       "server_compressor")
-  _common.check_axis_name(axis_name, owner)
-  _common.check_key(key, owner)
-  error_dtype = _common.resolve_dtype(error_dtype, "error_dtype", owner)
+  checks.check_axis_name(axis_name, owner)
+  checks.check_key(key, owner, seed=True)
+  error_dtype = checks.resolve_dtype(error_dtype, "error_dtype", owner)
+  scheme = schemes.resolve(scheme, owner)
 
   def init_fn(params):
-    return DoubleSqueezeState(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        worker_error=_common.zeros_like_tree(params, error_dtype),
-        server_error=_common.zeros_like_tree(params, error_dtype), bits=comm.zero_bits())
+    return DoubleSqueezeEstimatorState(
+        key=checks.prng_key(key, owner),
+        worker_error=optax.tree_utils.tree_zeros_like(params, error_dtype),
+        server_error=optax.tree_utils.tree_zeros_like(params, error_dtype),
+        bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _common.check_same_tree(updates, state.worker_error, owner, "worker_error")
+    checks.check_same_tree(updates, state.worker_error, owner, "worker_error")
     next_key, step_key, server_key = jax.random.split(state.key, 3)
     # worker: g_i + δ_i, compressed and sent
     p = jax.tree.map(lambda g, e: g.astype(e.dtype) + e, updates, state.worker_error)
     p_wire = jax.tree.map(lambda q, g: q.astype(g.dtype), p, updates)
-    mean_v, v_i, sent = comm.compressed_mean(
-        compressor, p_wire, step_key, axis_name, owner=owner, return_own=True)
-    worker_error = jax.tree.map(lambda q, v: q - v.astype(q.dtype), p, v_i)
+    out = comm.exchange(compressor, p_wire, step_key, axis_name, scheme=scheme,
+                        state=state.scheme_state, owner=owner, return_own=True)
+    worker_error = jax.tree.map(lambda q, v: q - v.astype(q.dtype), p, out.own)
     # server (replicated): v = mean_i v_i + δ;  C_s(v) with the shared key
-    v = jax.tree.map(lambda m, e: m.astype(e.dtype) + e, mean_v, state.server_error)
+    v = jax.tree.map(lambda m, e: m.astype(e.dtype) + e, out.mean, state.server_error)
     v_wire = jax.tree.map(lambda q, g: q.astype(g.dtype), v, updates)
-    out = server(server_key if server.randomized else None, v_wire)
-    server_error = jax.tree.map(lambda q, o: q - o.astype(q.dtype), v, out)
-    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
-    return out, DoubleSqueezeState(
-        count=numerics.safe_increment(state.count), key=next_key,
-        worker_error=worker_error, server_error=server_error,
-        bits=comm.add_bits(state.bits, sent))
+    step = server(server_key if server.randomized else None, v_wire)
+    server_error = jax.tree.map(lambda q, o: q - o.astype(q.dtype), v, step)
+    step = jax.tree.map(lambda o, g: o.astype(g.dtype), step, updates)
+    return step, DoubleSqueezeEstimatorState(
+        key=next_key, worker_error=worker_error, server_error=server_error,
+        bits=counters.add_bits(state.bits, out.sent), scheme_state=out.state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -429,6 +484,7 @@ def double_squeeze(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DoubleSqueeze: compressed both ways, error feedback on both sides.
@@ -446,6 +502,7 @@ def double_squeeze(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffers (float32 by default).
+    scheme: how the workers exchange payloads (see :func:`error_feedback`).
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -465,9 +522,19 @@ def double_squeeze(
     descent with double-pass error-compensated compression, ICML 2019.
     https://arxiv.org/abs/1905.05957
   """
-  _common.check_learning_rate(learning_rate, "double_squeeze")
-  return faults.chain(
-      double_squeeze_estimator(compressor, server_compressor=server_compressor,
-                               axis_name=axis_name, key=key, error_dtype=error_dtype),
+  return _double_squeeze(learning_rate, compressor=compressor,
+                         server_compressor=server_compressor, axis_name=axis_name, key=key,
+                         error_dtype=error_dtype, scheme=scheme,
+                         skip_nonfinite=skip_nonfinite, owner="double_squeeze")
+
+
+def _double_squeeze(learning_rate, *, compressor, server_compressor, axis_name, key,
+                    error_dtype, scheme, skip_nonfinite, owner):
+  """:func:`double_squeeze`, reporting errors as ``owner`` (NEOLITHIC)."""
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
+      _double_squeeze_estimator(compressor, server_compressor=server_compressor,
+                                axis_name=axis_name, key=key, error_dtype=error_dtype,
+                                scheme=scheme, owner=owner),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="double_squeeze")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)

@@ -3,14 +3,15 @@ R rounds of compressed communication (FCC) each way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from compopt._src import checks
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
-from compopt._src import faults
-from compopt._src.methods import _common
 from compopt._src.methods import error_feedback as ef_lib
 
 
@@ -23,6 +24,7 @@ def neolithic(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NEOLITHIC (paper 001, Alg. 2), uni- or bidirectional.
@@ -57,6 +59,9 @@ def neolithic(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of δ_i and δ (float32 by default).
+    scheme: how the workers exchange their R payloads: ``None`` or
+      ``"allgather"`` (default), ``"allreduce"``, ``"auto"``, or a
+      :mod:`compopt.exchange` scheme such as ``two_phase()``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -78,18 +83,15 @@ def neolithic(
     https://arxiv.org/abs/2206.03665
   """
   owner = "neolithic"
-  _common.check_compressor(compressor, owner)
-  rounds = cbase.check_positive_int(rounds, "rounds", owner)
-  _common.check_learning_rate(learning_rate, owner)
+  cbase.check_compressor(compressor, owner)
+  rounds = checks.check_int(rounds, "rounds", owner)
   workers = combine.fcc(compressor, rounds)
   if server_compressor is None:
     server = combine.identity()
   else:
-    _common.check_compressor(server_compressor, owner, "server_compressor")
+    cbase.check_compressor(server_compressor, owner, "server_compressor")
     server = combine.fcc(server_compressor, rounds)
-  return faults.chain(
-      ef_lib.double_squeeze_estimator(workers, server_compressor=server,
-                                      axis_name=axis_name, key=key,
-                                      error_dtype=error_dtype),
-      optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="neolithic")
+  return ef_lib._double_squeeze(
+      learning_rate, compressor=workers, server_compressor=server, axis_name=axis_name,
+      key=key, error_dtype=error_dtype, scheme=scheme, skip_nonfinite=skip_nonfinite,
+      owner=owner)

@@ -3,20 +3,23 @@ DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
+from compopt._src import checks
 from compopt._src import comm
+from compopt._src import counters
+from compopt._src import reshard
 from compopt._src import sampling as sampling_lib
+from compopt._src import schemes
 from compopt._src import theory
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
-from compopt._src import faults
-from compopt._src.methods import _common
+from compopt._src.compressors import tree as ctree
+from compopt._src.methods import guard
 
 SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
 
@@ -27,7 +30,7 @@ def _like(updates):
 
 def _unbiased_omega(compressor, updates, owner, name="compressor") -> float:
   if any(l.size for l in jax.tree.leaves(updates)):
-    omega = cbase.tree_omega(compressor, _like(updates))
+    omega = ctree.tree_omega(compressor, _like(updates))
   else:  # nothing to compress: only whether C is unbiased matters
     omega = 0.0 if compressor.unbiased else None
   if omega is None:
@@ -41,16 +44,17 @@ def _unbiased_omega(compressor, updates, owner, name="compressor") -> float:
 def _check_fraction_or_none(value, name, owner):
   if value is None:
     return None
-  return cbase.check_fraction(value, name, owner)
+  return checks.check_fraction(value, name, owner)
 
 
+@reshard.rules(shift=reshard.copy_of("mean_shift"))
 class ShiftedCompressionState(NamedTuple):
   """State of :func:`shifted_compression`."""
-  count: jax.Array  # int32
   key: jax.Array  # uint32[2], split every step, identical on all workers
   shift: optax.Updates  # h_i, this worker's shift (DIANA, Rand-DIANA)
   mean_shift: optax.Updates  # h = mean_i h_i, identical on every worker
-  bits: comm.CommBits
+  bits: counters.CommBits
+  scheme_state: Any  # the exchange scheme's state
 
 
 def shifted_compression(
@@ -63,6 +67,7 @@ def shifted_compression(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The shifted gradient estimator of DCGD-SHIFT (paper 002, Alg. 1).
 
@@ -105,6 +110,10 @@ def shifted_compression(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of h_i and h (float32 by default).
+    scheme: how the workers exchange the messages m_i: ``None`` or
+      ``"allgather"`` (default), ``"allreduce"``, ``"auto"`` or
+      ``compopt.exchange.two_phase()``; h = mean_i h_i needs the exact mean,
+      so no server compressor.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its output is g (chain it
@@ -114,21 +123,30 @@ def shifted_compression(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022. https://arxiv.org/abs/2206.10452
   """
-  owner = "shifted_compression"
-  _common.check_compressor(compressor, owner)
-  _common.check_axis_name(axis_name, owner)
-  _common.check_key(key, owner)
+  return _shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
+                              alpha=alpha, p=p, axis_name=axis_name, key=key,
+                              shift_dtype=shift_dtype, scheme=scheme,
+                              owner="shifted_compression")
+
+
+def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_name,
+                         key, shift_dtype, scheme, owner):
+  """:func:`shifted_compression`, reporting errors as ``owner`` (its aliases)."""
+  cbase.check_compressor(compressor, owner)
+  checks.check_axis_name(axis_name, owner)
+  checks.check_key(key, owner, seed=True)
   if shift not in SHIFT_RULES:
     raise ValueError(f"{owner}: `shift` must be one of {SHIFT_RULES}; got {shift!r}")
   if shift_compressor is not None:
-    _common.check_compressor(shift_compressor, owner, "shift_compressor")
+    cbase.check_compressor(shift_compressor, owner, "shift_compressor")
     if shift not in ("star", "diana"):
       raise ValueError(
           f"{owner}: `shift_compressor` is used by the 'star' and 'diana' rules "
           f"only; got shift={shift!r}")
   alpha = _check_fraction_or_none(alpha, "alpha", owner)
   p = _check_fraction_or_none(p, "p", owner)
-  shift_dtype = _common.resolve_dtype(shift_dtype, "shift_dtype", owner)
+  shift_dtype = checks.resolve_dtype(shift_dtype, "shift_dtype", owner)
+  scheme = schemes.resolve(scheme, owner, exact=True)
   if alpha is not None and shift != "diana":
     raise ValueError(f"{owner}: `alpha` is DIANA's step; got shift={shift!r}")
   if p is not None and shift != "rand_diana":
@@ -139,10 +157,10 @@ def shifted_compression(
 
   def init_fn(params):
     return ShiftedCompressionState(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        shift=_common.zeros_like_tree(params, shift_dtype),
-        mean_shift=_common.zeros_like_tree(params, shift_dtype),
-        bits=comm.zero_bits())
+        key=checks.prng_key(key, owner),
+        shift=optax.tree_utils.tree_zeros_like(params, shift_dtype),
+        mean_shift=optax.tree_utils.tree_zeros_like(params, shift_dtype),
+        bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def extra_tree(extra_args, name, updates, default_zero):
     value = extra_args.get(name)
@@ -151,13 +169,13 @@ def shifted_compression(
         raise ValueError(
             f"{owner}: shift={shift!r} needs the extra argument `{name}=` of "
             "update (a tree shaped like the updates)")
-      return _common.zeros_like_tree(updates, shift_dtype)
-    _common.check_same_tree(value, updates, owner, name)
+      return optax.tree_utils.tree_zeros_like(updates, shift_dtype)
+    checks.check_same_tree(value, updates, owner, name)
     return jax.tree.map(lambda v: jnp.asarray(v, shift_dtype), value)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params
-    _common.check_same_tree(updates, state.shift, owner, "shift")
+    checks.check_same_tree(updates, state.shift, owner, "shift")
     omega = _unbiased_omega(compressor, updates, owner)
     next_key, step_key, refresh_key = jax.random.split(state.key, 3)
     g32 = jax.tree.map(lambda g: g.astype(shift_dtype), updates)
@@ -171,14 +189,15 @@ def shifted_compression(
       mean_shift = extra_tree(extra_args, "mean_optimal_shift", updates, default_zero=True)
     # m_i: the message for g_i − h_i (Alg. 1 line 7), sent in the update dtype.
     diff = jax.tree.map(lambda g, h, u: (g - h).astype(u.dtype), g32, shift_i, updates)
-    mean_m, own_m, sent = comm.compressed_mean(
-        message, diff, step_key, axis_name, owner=owner, return_own=True)
+    out = comm.exchange(message, diff, step_key, axis_name, scheme=scheme,
+                        state=state.scheme_state, owner=owner, return_own=True)
+    mean_m, own_m, sent = out.mean, out.own, out.sent
     # g = h + m   (Alg. 1 lines 11-12)
     estimate = jax.tree.map(lambda h, m: h + m.astype(shift_dtype), mean_shift, mean_m)
     new_shift, new_mean = state.shift, state.mean_shift
     if shift == "diana":
       delta = (0.0 if shift_compressor is None
-               else cbase.tree_delta(shift_compressor, _like(updates)) or 0.0)
+               else ctree.tree_delta(shift_compressor, _like(updates)) or 0.0)
       a = alpha if alpha is not None else theory.diana_alpha(omega, delta)
       # h_i ← h_i + α(c_i + m_i);  h ← h + α mean_i(c_i + m_i)   (eq. 10)
       new_shift = jax.tree.map(lambda h, m: h + a * m.astype(shift_dtype), shift_i, own_m)
@@ -186,17 +205,17 @@ def shifted_compression(
     elif shift == "rand_diana":
       prob = p if p is not None else theory.rand_diana_p(omega)
       refresh = jax.tree.map(lambda g, h: g - h, g32, shift_i)  # ∇f_i(x^k) − h_i
-      mean_r, own_r, sent_r = comm.member_mean(
+      mean_r, own_r, sent_r, _ = comm.member_mean(
           refresh, refresh_key, axis_name, sampling_lib.independent(prob), owner=owner)
       # w_i ← x^k with probability p:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
       # where, not h + (g − h): the refreshed shift is g_i exactly.
       new_shift = jax.tree.map(lambda h, g, r: jnp.where(r != 0, g, h), shift_i, g32, own_r)
       new_mean = jax.tree.map(lambda h, r: h + r.astype(shift_dtype), mean_shift, mean_r)
-      sent = comm.add_bits(sent, sent_r)
-    out = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
-    return out, ShiftedCompressionState(
-        count=numerics.safe_increment(state.count), key=next_key, shift=new_shift,
-        mean_shift=new_mean, bits=comm.add_bits(state.bits, sent))
+      sent = counters.add_bits(sent, sent_r)
+    g = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
+    return g, ShiftedCompressionState(
+        key=next_key, shift=new_shift, mean_shift=new_mean,
+        bits=counters.add_bits(state.bits, sent), scheme_state=out.state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -212,6 +231,7 @@ def dcgd_shift(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DCGD-SHIFT (paper 002, Alg. 1): x ← x − γ(h + mean_i Q(g_i − h_i)).
@@ -236,6 +256,8 @@ def dcgd_shift(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
+    scheme: how the workers exchange the messages (see
+      :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -256,13 +278,22 @@ def dcgd_shift(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022. https://arxiv.org/abs/2206.10452
   """
-  _common.check_learning_rate(learning_rate, "dcgd_shift")
-  return faults.chain(
-      shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
-                          alpha=alpha, p=p, axis_name=axis_name, key=key,
-                          shift_dtype=shift_dtype),
+  return _dcgd_shift(learning_rate, compressor=compressor, shift=shift,
+                     shift_compressor=shift_compressor, alpha=alpha, p=p,
+                     axis_name=axis_name, key=key, shift_dtype=shift_dtype, scheme=scheme,
+                     skip_nonfinite=skip_nonfinite, owner="dcgd_shift")
+
+
+def _dcgd_shift(learning_rate, *, compressor, shift, shift_compressor, alpha, p,
+                axis_name, key, shift_dtype, scheme, skip_nonfinite, owner):
+  """:func:`dcgd_shift`, reporting errors as ``owner`` (its aliases)."""
+  checks.check_learning_rate(learning_rate, owner)
+  return guard.chain(
+      _shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
+                           alpha=alpha, p=p, axis_name=axis_name, key=key,
+                           shift_dtype=shift_dtype, scheme=scheme, owner=owner),
       optax.scale_by_learning_rate(learning_rate),
-      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner="dcgd_shift")
+      axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 def diana(
@@ -274,6 +305,7 @@ def diana(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DIANA (Mishchenko et al., 2019), generalized as in paper 002, eq. 10.
@@ -300,6 +332,8 @@ def diana(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
+    scheme: how the workers exchange the messages (see
+      :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -320,10 +354,10 @@ def diana(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022 (Thm 3). https://arxiv.org/abs/2206.10452
   """
-  return dcgd_shift(learning_rate, compressor=compressor, shift="diana",
-                    shift_compressor=shift_compressor, alpha=alpha,
-                    axis_name=axis_name, key=key, shift_dtype=shift_dtype,
-                    skip_nonfinite=skip_nonfinite)
+  return _dcgd_shift(learning_rate, compressor=compressor, shift="diana",
+                     shift_compressor=shift_compressor, alpha=alpha, p=None,
+                     axis_name=axis_name, key=key, shift_dtype=shift_dtype, scheme=scheme,
+                     skip_nonfinite=skip_nonfinite, owner="diana")
 
 
 def rand_diana(
@@ -334,6 +368,7 @@ def rand_diana(
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=jnp.float32,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rand-DIANA (paper 002, eq. 12 and Thm 4).
@@ -357,6 +392,8 @@ def rand_diana(
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts (float32 by default).
+    scheme: how the workers exchange the messages (see
+      :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -374,16 +411,18 @@ def rand_diana(
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022 (eq. 12, Thm 4). https://arxiv.org/abs/2206.10452
   """
-  return dcgd_shift(learning_rate, compressor=compressor, shift="rand_diana", p=p,
-                    axis_name=axis_name, key=key, shift_dtype=shift_dtype,
-                    skip_nonfinite=skip_nonfinite)
+  return _dcgd_shift(learning_rate, compressor=compressor, shift="rand_diana",
+                     shift_compressor=None, alpha=None, p=p, axis_name=axis_name, key=key,
+                     shift_dtype=shift_dtype, scheme=scheme, skip_nonfinite=skip_nonfinite,
+                     owner="rand_diana")
 
 
-class CompressedIteratesState(NamedTuple):
+class GdciState(NamedTuple):
   """State of :func:`gdci`."""
-  count: jax.Array
+  count: jax.Array  # int32, the step count k, read by a schedule γ_k
   key: jax.Array
-  bits: comm.CommBits
+  bits: counters.CommBits
+  scheme_state: Any  # the exchange scheme's state
 
 
 def gdci(
@@ -393,6 +432,7 @@ def gdci(
     eta: float,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
+    scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient descent with compressed iterates (GDCI, paper 002 §3.3, eq. 13).
@@ -412,6 +452,9 @@ def gdci(
     eta: η in (0, 1].
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
+    scheme: how the workers exchange the compressed iterates: ``None`` or
+      ``"allgather"`` (default), ``"allreduce"``, ``"auto"``, or a
+      :mod:`compopt.exchange` scheme such as ``two_phase()``.
     skip_nonfinite: skip the step on every worker when any worker's input
       holds inf/NaN, leaving the state as it was (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
@@ -434,37 +477,37 @@ def gdci(
     improvements, UAI 2022 (eq. 13, Thm 5). https://arxiv.org/abs/2206.10452
   """
   owner = "gdci"
-  _common.check_compressor(compressor, owner)
-  _common.check_axis_name(axis_name, owner)
-  eta = cbase.check_fraction(eta, "eta", owner)
-  _common.check_learning_rate(learning_rate, owner)
-  _common.check_key(key, owner)
+  cbase.check_compressor(compressor, owner)
+  checks.check_axis_name(axis_name, owner)
+  eta = checks.check_fraction(eta, "eta", owner)
+  checks.check_learning_rate(learning_rate, owner)
+  checks.check_key(key, owner, seed=True)
+  scheme = schemes.resolve(scheme, owner)
   schedule = learning_rate if callable(learning_rate) else None
 
   def init_fn(params):
-    del params
-    return CompressedIteratesState(
-        count=jnp.zeros([], jnp.int32), key=_common.init_key(key, owner),
-        bits=comm.zero_bits())
+    return GdciState(count=jnp.zeros([], jnp.int32), key=checks.prng_key(key, owner),
+                     bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(f"{owner}: compresses the iterates, so update needs `params`")
-    _common.check_same_tree(updates, params, owner, "params")
+    checks.check_same_tree(updates, params, owner, "params")
     _unbiased_omega(compressor, updates, owner)
     next_key, step_key = jax.random.split(state.key)
     gamma = schedule(state.count) if schedule is not None else learning_rate
     # z_i = x − γ ∇f_i(x), compressed and averaged
     z = jax.tree.map(lambda x, g: (x.astype(jnp.float32) - gamma * g.astype(jnp.float32)
                                    ).astype(g.dtype), params, updates)
-    mean_z, sent = comm.compressed_mean(compressor, z, step_key, axis_name, owner=owner)
+    out = comm.exchange(compressor, z, step_key, axis_name, scheme=scheme,
+                        state=state.scheme_state, owner=owner)
     # x⁺ − x = η(mean_i Q(z_i) − x)
-    out = jax.tree.map(lambda m, x, g: (eta * (m.astype(jnp.float32) - x.astype(jnp.float32))
-                                        ).astype(g.dtype), mean_z, params, updates)
-    return out, CompressedIteratesState(
-        count=numerics.safe_increment(state.count), key=next_key,
-        bits=comm.add_bits(state.bits, sent))
+    step = jax.tree.map(lambda m, x, g: (eta * (m - x.astype(jnp.float32))).astype(g.dtype),
+                        out.mean, params, updates)
+    return step, GdciState(count=optax.safe_increment(state.count), key=next_key,
+                           bits=counters.add_bits(state.bits, out.sent),
+                           scheme_state=out.state)
 
-  return faults.chain(optax.GradientTransformationExtraArgs(init_fn, update_fn),
+  return guard.chain(optax.GradientTransformationExtraArgs(init_fn, update_fn),
                       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)

@@ -31,21 +31,29 @@ the worker compressor to each chunk of the flattened vector instead of each
 leaf (same ratio; for block-wise compressors such as scaled_sign, a scale per
 chunk), and with a server compressor the aggregate is compressed a second
 time, which is the bidirectional, server-side-compression method the papers
-analyse (Double-Squeeze, NEOLITHIC, paper 003's server): with
-``error_feedback=True`` each owner keeps the residual of its chunk, so nothing
-is lost, only delayed. Which methods stay exact under which scheme:
+analyse (Double-Squeeze; NEOLITHIC of Huang et al. 2022; the server of Li &
+Li 2022): with ``error_feedback=True`` each owner keeps the residual of its
+chunk, so nothing is lost, only delayed.
 
-* every method: ``allgather`` (the default) and ``allreduce``;
-* ``two_phase(None)`` (no server compressor: the owners all-gather their mean
-  chunk dense): DCSGD, EF-SGD, EF-SignSGD, COMP-AMS's workers, with the
-  compressor applied chunk-wise (unbiased compressors stay unbiased with the
-  same ω when ω does not depend on the size, e.g. natural; size-dependent ω
-  and δ are those of the chunk);
-* ``two_phase(C_s)``: the bidirectional variant of the same methods; with
-  ``error_feedback=True`` (default) it is EF on both sides, as in
-  Double-Squeeze and paper 001's NEOLITHIC; without, C_s must be unbiased
-  for the aggregate to stay unbiased, and its ω_s multiplies the aggregate's
-  second moment into the variance.
+Every method takes ``scheme=``. Which stay exact under which scheme:
+
+* every method: ``allgather`` (the default), ``allreduce`` and ``auto``;
+* ``two_phase()`` (no server compressor: the owners all-gather their mean
+  chunk dense): every method, with the compressor applied chunk-wise
+  (unbiased compressors stay unbiased with the same ω when ω does not depend
+  on the size, e.g. natural; size-dependent ω and δ are those of the chunk);
+* ``two_phase(C_s)``: the bidirectional variant. With ``error_feedback=True``
+  (default) it is EF on both sides, as in Double-Squeeze and NEOLITHIC;
+  without, C_s must be unbiased for the aggregate to stay unbiased, and its
+  ω_s multiplies the aggregate's second moment into the variance. Methods
+  whose invariants need the exact mean of the messages (EF21's g = mean_i
+  g_i, the shifted family's h = mean_i h_i) refuse it.
+
+Compressors whose payload is linear and shared by all workers
+(``Compressor.linear_payload``: identity, ``rand_k(shared=True)``) are
+all-reduced as payloads and decoded once under ``allgather``, ``allreduce``
+and ``auto``: 2(n − 1)/n·P each way, never more than any of the three moves.
+``two_phase`` runs as described for them too.
 
 The cost model is the α-β model of collectives (Thakur, Rabenseifner, Gropp,
 "Optimization of collective communication operations in MPICH", IJHPCA 2005):
@@ -56,9 +64,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from compopt._src import checks
+from compopt._src import reshard
 from compopt._src.compressors import base as cbase
 
 # ------------------------------------------------------------------ the model
@@ -80,13 +94,8 @@ class Network:
   topology: str = "ring"
 
   def __post_init__(self):
-    for name in ("bandwidth_gbps", "latency_us"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Network: `{name}` must be a number; got {v!r}")
-      if not (math.isfinite(v) and (v > 0 if name == "bandwidth_gbps" else v >= 0)):
-        allowed = "> 0" if name == "bandwidth_gbps" else ">= 0"
-        raise ValueError(f"Network: `{name}` must be a finite number {allowed}; got {v!r}")
+    checks.check_real(self.bandwidth_gbps, "bandwidth_gbps", "Network", lo=0.0, lo_open=True)
+    checks.check_real(self.latency_us, "latency_us", "Network", lo=0.0)
     if self.topology not in ("ring", "tree"):
       raise ValueError(f"Network: `topology` must be 'ring' or 'tree'; got {self.topology!r}")
 
@@ -102,12 +111,6 @@ class Network:
 COLLECTIVES = ("allreduce", "allgather", "alltoall")
 
 
-def _check_n(n, owner):
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"{owner}: `n` must be an int >= 1 (the number of workers); got {n!r}")
-  return int(n)
-
-
 def collective_bytes(kind: str, nbytes: float, n: int) -> float:
   """Bytes each worker receives (= sends, for these symmetric algorithms) in
   one collective on a buffer of ``nbytes`` per worker.
@@ -117,7 +120,7 @@ def collective_bytes(kind: str, nbytes: float, n: int) -> float:
   * ``alltoall``: (n − 1)/n·nbytes (the worker's buffer holds n rows, one
     per destination; the own row stays).
   """
-  n = _check_n(n, "collective_bytes")
+  n = checks.check_workers(n, "collective_bytes")
   if kind == "allreduce":
     return 2 * (n - 1) / n * nbytes
   if kind == "allgather":
@@ -137,7 +140,7 @@ def collective_seconds(kind: str, nbytes: float, n: int, network: Network | None
   ⌈log2 n⌉/2·B/β (Bruck).
   """
   network = Network() if network is None else network
-  n = _check_n(n, "collective_seconds")
+  n = checks.check_workers(n, "collective_seconds")
   if n == 1:
     return 0.0
   alpha, beta = network.latency, network.bytes_per_second
@@ -158,8 +161,19 @@ def collective_seconds(kind: str, nbytes: float, n: int, network: Network | None
 
 @dataclasses.dataclass(frozen=True)
 class Scheme:
-  """Base class of the exchange schemes (use the factories below)."""
+  """Base class of the exchange schemes (use the factories below).
+
+  A scheme may keep state between steps (``two_phase``'s server error): the
+  method stores what :meth:`init` returns in one field of its own state and
+  hands it back to the communication layer every step, without looking
+  inside.
+  """
   name: str = "scheme"
+
+  def init(self, params) -> Any:
+    """The scheme's state for a worker whose updates are shaped like ``params``."""
+    del params
+    return optax.EmptyState()
 
   def collectives(self, payload_bytes: float, dense_bytes: float, n: int,
                   server_payload_bytes: float | None = None) -> list[tuple[str, float]]:
@@ -196,11 +210,47 @@ class AllReduce(Scheme):
     return [("allreduce", dense_bytes)]
 
 
+def chunk_size(size: int, n: int) -> int:
+  """Coordinates per chunk when ``two_phase`` cuts a flattened vector of
+  ``size`` coordinates among n owners: c = ⌈size/n⌉ (at least 1), so owner j
+  holds coordinates [j·c, (j + 1)·c) of the vector zero-padded to n·c."""
+  return max(1, -(-size // n))
+
+
+def _owned_chunks(server_error, n_new: int):
+  """Reshard rule of the server error: every old owner holds the residual of
+  its own chunk (zeros elsewhere), so their sum is the whole residual; new
+  owner j gets its new chunk of it."""
+  total = np.asarray(server_error).astype(np.float64).sum(0)
+  chunk = chunk_size(total.size, n_new)
+  owner = np.arange(total.size) // chunk
+  return np.stack([np.where(owner == j, total, 0) for j in range(n_new)]).astype(
+      np.asarray(server_error).dtype)
+
+
+@reshard.rules(server_error=_owned_chunks)
+class TwoPhaseState(NamedTuple):
+  """State of :func:`two_phase` with a server compressor and error feedback."""
+  # e_s: float32[D], the residual of the owner's chunk of the flattened update
+  # (D coordinates, laid out by chunk_size); zeros outside that chunk.
+  server_error: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class TwoPhase(Scheme):
   server_compressor: cbase.Compressor | None = None
   error_feedback: bool = True
   name: str = "two_phase"
+
+  @property
+  def keeps_server_error(self) -> bool:
+    return self.server_compressor is not None and self.error_feedback
+
+  def init(self, params):
+    if not self.keeps_server_error:
+      return optax.EmptyState()
+    size = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+    return TwoPhaseState(server_error=jnp.zeros((size,), jnp.float32))
 
   def collectives(self, payload_bytes, dense_bytes, n, server_payload_bytes=None):
     # Without a given server payload size: P_s = P with a server compressor
@@ -218,7 +268,6 @@ DECODE_GBPS = {"cpu": 4.0, "gpu": 300.0, "cuda": 300.0, "rocm": 300.0, "tpu": 30
 
 
 def default_decode_gbps() -> float:
-  import jax  # pylint: disable=import-outside-toplevel
   return DECODE_GBPS.get(jax.default_backend(), 4.0)
 
 
@@ -285,12 +334,11 @@ def two_phase(server_compressor: cbase.Compressor | None = None, *,
 
   See the module docstring for which methods stay exact.
   """
-  if server_compressor is not None and not isinstance(server_compressor, cbase.Compressor):
-    raise TypeError("two_phase: `server_compressor` must be a compopt compressor or None; "
-                    f"got {server_compressor!r}")
-  if not isinstance(error_feedback, (bool, np.bool_)):
-    raise TypeError(f"two_phase: `error_feedback` must be True or False; got {error_feedback!r}")
-  return TwoPhase(server_compressor=server_compressor, error_feedback=bool(error_feedback))
+  if server_compressor is not None:
+    cbase.check_compressor(server_compressor, "two_phase", "server_compressor")
+  return TwoPhase(server_compressor=server_compressor,
+                  error_feedback=checks.check_bool(error_feedback, "error_feedback",
+                                                   "two_phase"))
 
 
 def auto(network: Network | None = None, *, decode_gbps: float | None = None) -> Auto:
@@ -308,32 +356,35 @@ def auto(network: Network | None = None, *, decode_gbps: float | None = None) ->
   """
   if network is not None and not isinstance(network, Network):
     raise TypeError(f"auto: `network` must be a compopt.exchange.Network; got {network!r}")
-  if decode_gbps is not None and (
-      isinstance(decode_gbps, bool) or not isinstance(decode_gbps, (int, float))
-      or not (math.isfinite(decode_gbps) and decode_gbps > 0)):
-    raise ValueError(f"auto: `decode_gbps` must be a finite number > 0 or None; "
-                     f"got {decode_gbps!r}")
-  return Auto(network=Network() if network is None else network,
-              decode_gbps=None if decode_gbps is None else float(decode_gbps))
+  if decode_gbps is not None:
+    decode_gbps = checks.check_real(decode_gbps, "decode_gbps", "auto", lo=0.0, lo_open=True)
+  return Auto(network=Network() if network is None else network, decode_gbps=decode_gbps)
 
 
-def resolve(scheme, owner: str) -> Scheme:
-  """A scheme argument: None (all-gather), a name, or a Scheme object."""
+def resolve(scheme, owner: str, *, exact: bool = False) -> Scheme:
+  """A method's ``scheme=`` argument: None (all-gather), a name, or a Scheme.
+
+  With ``exact=True`` (methods whose invariants need the aggregate to be
+  exactly the mean of what the workers sent, e.g. DIANA's h = mean_i h_i), a
+  ``two_phase`` with a server compressor is refused.
+  """
   if scheme is None:
-    return AllGather()
-  if isinstance(scheme, Scheme) and type(scheme) is not Scheme:
-    return scheme
-  if isinstance(scheme, str):
-    table = {"allgather": allgather, "allreduce": allreduce, "two_phase": two_phase,
-             "auto": auto}
-    if scheme in table:
-      return table[scheme]()
-  raise ValueError(
-      f"{owner}: `scheme` must be 'allgather', 'allreduce', 'two_phase', 'auto' or "
-      f"a compopt.exchange scheme (e.g. compopt.exchange.two_phase(server_compressor=...)); "
-      f"got {scheme!r}")
+    resolved = AllGather()
+  elif isinstance(scheme, Scheme) and type(scheme) is not Scheme:
+    resolved = scheme
+  elif isinstance(scheme, str) and scheme in _NAMED:
+    resolved = _NAMED[scheme]()
+  else:
+    raise ValueError(
+        f"{owner}: `scheme` must be 'allgather', 'allreduce', 'two_phase', 'auto' or "
+        f"a compopt.exchange scheme (e.g. compopt.exchange.two_phase(server_compressor=...)); "
+        f"got {scheme!r}")
+  if exact and isinstance(resolved, TwoPhase) and resolved.server_compressor is not None:
+    raise ValueError(
+        f"{owner}: needs the exact mean of the workers' messages, so `scheme` cannot "
+        "compress the aggregate again; use 'allgather', 'allreduce', 'auto' or "
+        f"compopt.exchange.two_phase() without a server compressor; got {scheme!r}")
+  return resolved
 
 
-def needs_server_state(scheme: Scheme) -> bool:
-  return (isinstance(scheme, TwoPhase) and scheme.server_compressor is not None
-          and scheme.error_feedback)
+_NAMED = {"allgather": allgather, "allreduce": allreduce, "two_phase": two_phase, "auto": auto}

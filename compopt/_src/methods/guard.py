@@ -18,7 +18,8 @@ collective). :func:`skip_nonfinite` therefore
 So a skipped step leaves no trace except the counter of skipped steps: the
 steps that follow are bit for bit those of a run in which it never happened.
 The flag's all-reduce is control traffic and is not added to the payload bit
-counters (:class:`compopt.CommBits`).
+counters (:class:`compopt.CommBits`). This module sits with the methods, as
+optax keeps its own guard (``apply_if_finite``) with its transforms.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import numerics
 
+from compopt._src import checks
 from compopt._src import comm
-from compopt._src.methods import _common
+from compopt._src import counters
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -60,7 +61,7 @@ def _guarded_step(inner_update, updates, inner_state, guard, axis_name, owner,
   new_updates = jax.tree.map(lambda u: jnp.where(bad, jnp.zeros_like(u), u), out_updates)
   new_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), out_state, inner_state)
   skipped = guard.skipped + bad.astype(jnp.int32)
-  consecutive = jnp.where(bad, numerics.safe_increment(guard.consecutive), 0)
+  consecutive = jnp.where(bad, optax.safe_increment(guard.consecutive), 0)
   return new_updates, new_state, guard._replace(
       skipped=skipped, consecutive=consecutive.astype(jnp.int32))
 
@@ -106,7 +107,7 @@ def skip_nonfinite(
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(f"{owner}: `inner` must be an optax GradientTransformation; "
                     f"got {inner!r}")
-  _common.check_axis_name(axis_name, owner)
+  checks.check_axis_name(axis_name, owner)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -129,9 +130,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
   ``state[i]`` is still the i-th transformation's state. With
   ``skip_nonfinite=False`` this is exactly ``optax.chain``.
   """
-  if not isinstance(skip_nonfinite, bool):
-    raise TypeError(f"{owner}: `skip_nonfinite` must be True or False; got "
-                    f"{skip_nonfinite!r}")
+  checks.check_bool(skip_nonfinite, "skip_nonfinite", owner)
   inner = optax.chain(*transforms)
   if not skip_nonfinite:
     return inner
@@ -153,9 +152,7 @@ def skipped_steps(state) -> Any:
   """The number of steps skipped for non-finite input, read from anywhere in
   an optax state: an int, or a list of ints (one per worker) for a stacked
   state. Raises ValueError if ``state`` has no guard."""
-  guards = [leaf for leaf in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, SkipNonfiniteState))
-      if isinstance(leaf, SkipNonfiniteState)]
+  guards = counters.find(state, SkipNonfiniteState)
   if not guards:
     raise ValueError(
         "skipped_steps: found no SkipNonfiniteState in `state`; build the method "

@@ -74,8 +74,3 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
       nbytes *= _group_size(line)
     totals[op] += nbytes
   return dict(totals)
-
-
-def total_collective_bytes(hlo_text: str) -> int:
-  """Sum of :func:`collective_bytes` over all kinds."""
-  return sum(collective_bytes(hlo_text).values())

@@ -1,0 +1,134 @@
+"""Exact 64-bit counters of the bits each worker sends and receives.
+
+JAX runs without 64-bit integer types by default, so a counter is a pair of
+uint32 words ``[hi, lo]`` that methods keep in their state (:class:`CommBits`)
+and add to with the carry. :func:`to_int` reads a counter out as Python ints
+and :func:`comm_bits` finds and adds up every counter of an optax state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+_MASK32 = (1 << 32) - 1
+
+
+class CommBits(NamedTuple):
+  """Exact 64-bit counters of the bits one worker sent and received.
+
+  Each field is a uint32[2] array ``[hi, lo]`` (JAX runs without 64-bit types
+  by default), read out as Python ints by :func:`comm_bits`.
+  """
+  uplink: jax.Array
+  downlink: jax.Array
+
+
+class Bits(NamedTuple):
+  """Bits sent (uplink) and received (downlink) by one worker, as Python ints
+  (lists of ints, one per worker, for states stacked on a worker axis)."""
+  uplink: Any
+  downlink: Any
+
+
+def const64(value: int) -> jax.Array:
+  """A Python int in [0, 2**64) as a uint32[2] ``[hi, lo]`` pair."""
+  value = int(value)
+  if not 0 <= value < 2**64:
+    raise OverflowError(f"bit count {value} does not fit in 64 bits")
+  return jnp.array([value >> 32, value & _MASK32], jnp.uint32)
+
+
+def zero_bits() -> CommBits:
+  return CommBits(const64(0), const64(0))
+
+
+def add64(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(a + b) mod 2**64 on ``[hi, lo]`` uint32 pairs, with the carry."""
+  lo = a[1] + b[1]
+  carry = (lo < a[1]).astype(jnp.uint32)
+  return jnp.stack([a[0] + b[0] + carry, lo])
+
+
+def mul64(count: jax.Array, value: int) -> jax.Array:
+  """count · value as a ``[hi, lo]`` pair, exactly, for a traced integer
+  0 <= count < 2**16 and a static Python int value < 2**64."""
+  c = jnp.asarray(count).astype(jnp.uint32)
+  total = jnp.zeros((2,), jnp.uint32)
+  for limb in range(4):  # value = Σ_l v_l 2^(16 l), v_l < 2^16, c·v_l < 2^32
+    v = (int(value) >> (16 * limb)) & 0xFFFF
+    if v == 0:
+      continue
+    p = c * jnp.uint32(v)
+    shift = 16 * limb
+    if shift == 0:
+      part = jnp.stack([jnp.uint32(0), p])
+    elif shift == 16:
+      part = jnp.stack([p >> 16, p << 16])
+    elif shift == 32:
+      part = jnp.stack([p, jnp.uint32(0)])
+    else:
+      part = jnp.stack([p << 16, jnp.uint32(0)])
+    total = add64(total, part)
+  return total
+
+
+def add_bits(bits: CommBits, sent: CommBits) -> CommBits:
+  return CommBits(add64(bits.uplink, sent.uplink), add64(bits.downlink, sent.downlink))
+
+
+def to_int(pair) -> Any:
+  """A ``[hi, lo]`` counter as a Python int; counters stacked on leading axes
+  (one per worker) as a flat list of ints."""
+  pair = np.asarray(pair).astype(np.uint64)
+  values = (pair[..., 0] << np.uint64(32)) | pair[..., 1]
+  if values.ndim == 0:
+    return int(values)
+  return [int(v) for v in values.reshape(-1)]
+
+
+def find(state, cls: type) -> list:
+  """Every node of type ``cls`` (a NamedTuple state) anywhere in ``state``,
+  inside ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``
+  and the like."""
+  found = optax.tree_utils.tree_get_all_with_path(
+      state, cls.__name__, filtering=lambda _, value: isinstance(value, cls))
+  return [value for _, value in found]
+
+
+def comm_bits(state) -> Bits:
+  """Total bits sent and received, read from anywhere in an optax state.
+
+  Finds every :class:`CommBits` counter in ``state`` (also inside
+  ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``) and
+  adds them up exactly, as Python ints.
+
+  Args:
+    state: an optimizer state of one worker, or states stacked on a leading
+      worker axis (as used with ``jax.vmap``, ``jax.pmap`` or ``shard_map``).
+
+  Returns:
+    ``Bits(uplink, downlink)``: ints for one worker; lists of ints (one per
+    worker) for stacked states.
+
+  Example:
+    >>> import compopt, jax.numpy as jnp
+    >>> opt = compopt.dcsgd(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init({"w": jnp.zeros(4)})
+    >>> compopt.comm_bits(state)
+    Bits(uplink=0, downlink=0)
+  """
+  counters = find(state, CommBits)
+  if not counters:
+    raise ValueError(
+        "comm_bits: found no CommBits counter in `state`; pass the state of a "
+        "compopt method (or an optax state that contains one)")
+  up = [to_int(c.uplink) for c in counters]
+  down = [to_int(c.downlink) for c in counters]
+  if isinstance(up[0], list):
+    return Bits([sum(v) for v in zip(*up)], [sum(v) for v in zip(*down)])
+  return Bits(sum(up), sum(down))

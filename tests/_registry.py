@@ -1,0 +1,84 @@
+"""One registry of compopt's methods, for the conformance suite
+(test_conformance.py: one worker, and n workers under vmap) and the
+parallel-modes suite (test_parallel.py: vmap, pmap and shard_map agree).
+
+Each entry is a method and its arguments for n workers (a sampling may depend
+on n), without the learning rate and the axis name, which each suite gives.
+Every public method of compopt (a public function whose first parameter is
+``learning_rate``) has at least one entry, so a new method cannot be left out
+(``test_every_public_method_is_registered``).
+"""
+
+import inspect
+
+import compopt
+from compopt import compressors as C
+
+METHODS = {
+    "psgd": (compopt.psgd, lambda n: dict(momentum=0.9)),
+    "dcsgd": (compopt.dcsgd, lambda n: dict(compressor=C.rand_k(2), key=3)),
+    "dcsgd_sampling": (compopt.dcsgd, lambda n: dict(compressor=C.top_k(2), sampling=0.5,
+                                                     momentum=0.9)),
+    "dcsgd_shared_rand_k_nice": (compopt.dcsgd, lambda n: dict(
+        compressor=C.rand_k(2, shared=True), sampling=compopt.sampling.nice(min(3, n)))),
+    "dcsgd_induced_per_worker_p": (compopt.dcsgd, lambda n: dict(
+        compressor=C.induced(C.top_k(1), C.rand_k_wangni(1)), sampling=[0.5] * n,
+        momentum=0.9)),
+    "ef_sgd": (compopt.ef_sgd, lambda n: dict(compressor=C.top_k(2), key=1)),
+    "ef_signsgd": (compopt.ef_signsgd, lambda n: dict()),
+    "signsgd": (compopt.signsgd, lambda n: dict()),
+    "signum": (compopt.signum, lambda n: dict(momentum=0.9)),
+    "scaled_signsgd": (compopt.scaled_signsgd, lambda n: dict()),
+    "ef21": (compopt.ef21, lambda n: dict(compressor=C.natural(), key=2)),
+    "double_squeeze": (compopt.double_squeeze, lambda n: dict(
+        compressor=C.top_k(2), server_compressor=C.qsgd(4))),
+    "diana": (compopt.diana, lambda n: dict(compressor=C.rand_k(2), key=4)),
+    "diana_top_k_shift": (compopt.diana, lambda n: dict(compressor=C.natural(),
+                                                        shift_compressor=C.top_k(1))),
+    "rand_diana": (compopt.rand_diana, lambda n: dict(compressor=C.rand_k(2), p=0.5, key=5)),
+    "dcgd_shift_fixed": (compopt.dcgd_shift, lambda n: dict(compressor=C.rand_k(2),
+                                                            shift="fixed")),
+    "gdci": (compopt.gdci, lambda n: dict(compressor=C.natural(), eta=0.5, key=6)),
+    # β's exact in float32, so that inject_hyperparams (float32 arrays) and
+    # Python floats give the same 1 − β.
+    "comp_ams": (compopt.comp_ams, lambda n: dict(compressor=C.top_k(2), b1=0.75,
+                                                  b2=0.9375)),
+    "comp_ams_optax": (compopt.comp_ams, lambda n: dict(compressor=C.top_k(2), b1=0.75,
+                                                        b2=0.9375, optax_amsgrad=True)),
+    "neolithic": (compopt.neolithic, lambda n: dict(
+        compressor=C.scaled(C.rand_k(1), 0.2), rounds=2, server_compressor=C.top_k(2))),
+}
+# dcgd_shift with shift="star" needs the extra argument optimal_shift= (tested
+# in test_shifted.py). gdci compresses the iterates, so its update needs params.
+NEEDS_PARAMS = {"gdci"}
+NAMES = sorted(METHODS)
+# Arguments that optax.inject_hyperparams must keep static: compressors and
+# samplings are callable or objects, and validated structural numbers would
+# otherwise become arrays.
+STATIC_ARGS = ("compressor", "sampling", "shift_compressor", "server_compressor", "rounds",
+               "p", "eta")
+
+
+def kwargs(name: str, n: int = 1) -> dict:
+  """The arguments of entry ``name`` for n workers."""
+  return METHODS[name][1](n)
+
+
+def make(name: str, learning_rate=0.1, *, n: int = 1, **overrides):
+  """The method of entry ``name`` for n workers (``overrides``: axis_name,
+  scheme, ...)."""
+  factory = METHODS[name][0]
+  return factory(learning_rate, **{**kwargs(name, n), **overrides})
+
+
+def public_methods() -> set:
+  """Names of compopt's public methods: public functions whose first
+  parameter is ``learning_rate``."""
+  names = set()
+  for name in compopt.__all__:
+    obj = getattr(compopt, name)
+    if inspect.isfunction(obj):
+      params = list(inspect.signature(obj).parameters)
+      if params and params[0] == "learning_rate":
+        names.add(name)
+  return names
