@@ -75,24 +75,23 @@ def check_real(value, name: str, owner: str, *, lo: float | None = None,
   return value
 
 
-def check_fraction(value, name: str, owner: str) -> float:
-  """A number in (0, 1], as a float."""
+def _check_unit(value, name: str, owner: str, number: str, in_range: str) -> float:
   if isinstance(value, bool) or not isinstance(value, _NUMBER):
-    raise TypeError(f"{owner}: `{name}` must be a number in (0, 1]; got {value!r}")
+    raise TypeError(f"{owner}: `{name}` must {number} in (0, 1]; got {value!r}")
   value = float(value)
   if not 0.0 < value <= 1.0:
-    raise ValueError(f"{owner}: `{name}` must be in (0, 1]; got {value}")
+    raise ValueError(f"{owner}: `{name}` must {in_range} in (0, 1]; got {value}")
   return value
+
+
+def check_fraction(value, name: str, owner: str) -> float:
+  """A number in (0, 1], as a float."""
+  return _check_unit(value, name, owner, "be a number", "be")
 
 
 def check_probability(p, name: str, owner: str) -> float:
   """One probability in (0, 1] of an argument that may hold several."""
-  if isinstance(p, bool) or not isinstance(p, _NUMBER):
-    raise TypeError(f"{owner}: `{name}` must hold numbers in (0, 1]; got {p!r}")
-  p = float(p)
-  if not 0.0 < p <= 1.0:
-    raise ValueError(f"{owner}: `{name}` must hold probabilities in (0, 1]; got {p}")
-  return p
+  return _check_unit(p, name, owner, "hold numbers", "hold probabilities")
 
 
 def check_omega(value, owner: str, name: str = "omega") -> float:
