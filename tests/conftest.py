@@ -1,17 +1,14 @@
-"""Test configuration: 8 host CPU devices, forced before JAX is imported."""
+"""Test configuration: 8 host CPU devices, set before JAX starts a backend."""
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (after XLA_FLAGS on purpose)
+import chex  # noqa: E402
+import jax  # noqa: E402
 
-assert jax.device_count() >= 8, (
-    "tests need 8 host devices; XLA_FLAGS was set too late (JAX imported before "
-    "conftest.py?)")
+chex.set_n_cpu_devices(8)  # raises if a backend was started already
+assert jax.device_count() >= 8, "tests need 8 host devices"
 
 
 import gc  # noqa: E402
