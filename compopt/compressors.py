@@ -10,7 +10,7 @@ array (or a pytree of arrays, compressed leaf by leaf) ``x``::
     c.wire_bits(x.shape, x.dtype)       # bits of that payload
     c.delta(x.shape), c.omega(x.shape)  # constants of its class
 
-Classes (``ALGORITHMS.md``): unbiased U(ω), E C(x) = x and
+Classes: unbiased U(ω), E C(x) = x and
 E‖C(x) − x‖² ≤ ω‖x‖²; contractive B(δ), E‖C(x) − x‖² ≤ (1 − δ)‖x‖².
 """
 

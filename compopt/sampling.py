@@ -1,4 +1,6 @@
-"""Partial participation (paper 000 §4.2): which workers send in a round.
+"""Partial participation: which workers send in a round.
+
+Horváth & Richtárik 2021, §4.2.
 
 Pass one to a method's ``sampling=`` argument, e.g.
 ``compopt.dcsgd(0.1, compressor=c, axis_name="data", sampling=compopt.sampling.nice(4))``.

@@ -4,11 +4,11 @@
 
     from compopt import compressors, theory
     c = compressors.rand_k(ratio=0.1)
-    w = theory.omega(c, params)                  # ω of the layer-wise compressor
-    gamma = theory.dcsgd_step_size(w, n=8, L=1.0)  # paper 000, Thm 4
-    alpha = theory.diana_alpha(w)                # paper 002, Thm 3
+    w = theory.omega(c, params)                    # ω of the layer-wise compressor
+    gamma = theory.dcsgd_step_size(w, n=8, L=1.0)  # Horváth & Richtárik 2021, Thm 4
+    alpha = theory.diana_alpha(w)                  # Shulgin & Richtárik 2022, Thm 3
     R = theory.neolithic_rounds(delta=0.1, T=10_000, b2=1.0, sigma2=1.0,
-                                Delta=1.0, L=1.0)  # paper 001, Thm 3
+                                Delta=1.0, L=1.0)  # Huang et al. 2022, Thm 3
 
 Notation: unbiased U(ω), E C(x) = x and E‖C(x) − x‖² ≤ ω‖x‖²; contractive
 B(δ), E‖C(x) − x‖² ≤ (1 − δ)‖x‖². Every function documents its source theorem.

@@ -26,10 +26,11 @@ METHODS = ("psgd", "dcsgd", "ef_sgd", "ef_signsgd", "signsgd", "signum", "scaled
            "comp_ams", "neolithic")
 
 # Named setups: each is a partial config (label, method, compressor, step size).
-# K = 5% of the coordinates for the sparsifiers, as in paper 000 §5. Methods
-# with a momentum argument (P-SGD, DCSGD) use heavy ball 0.9 (paper 000 §5.4)
-# and step 0.1; the others plain steps of 0.5 (from paper 000's grid 1, 0.5,
-# 0.1); COMP-AMS Adam-like 1e-3.
+# K = 5% of the coordinates for the sparsifiers, as in
+# Horváth & Richtárik 2021, §5. Methods with a momentum argument (P-SGD, DCSGD)
+# use heavy ball 0.9 (Horváth & Richtárik 2021, §5.4) and step 0.1; the others
+# plain steps of 0.5 (from that paper's grid 1, 0.5, 0.1); COMP-AMS Adam-like
+# 1e-3.
 PRESETS = {
     "psgd": dict(label="P-SGD", method="psgd", compressor="", learning_rate=0.1,
                  momentum=0.9),

@@ -1,8 +1,9 @@
 """Flax linen models of the papers' experiments.
 
-* ``MLP``: 2 fully connected layers, 512 hidden units (paper 000, MNIST).
+* ``MLP``: 2 fully connected layers, 512 hidden units
+  (Horváth & Richtárik 2021, MNIST).
 * ``CNN``: 2 conv + 2 FC layers with ReLU, dropout 0.5 after the max-pooled
-  conv block (paper 003's MNIST CNN).
+  conv block (the MNIST CNN of Li & Li 2022).
 * ``ResNet18`` (CIFAR variant: 3x3 stem, no max-pool) and ``ResNet20``
   (He et al.'s 3-stage CIFAR ResNet, 16/32/64 channels), for 32x32x3.
 * ``VGG11`` with BatchNorm, for 32x32x3.

@@ -1,8 +1,8 @@
 """Independent NumPy reference implementations for the compressor tests.
 
-Everything here is written from the definitions in ``ALGORITHMS.md`` and the
-papers, in float64 NumPy, without importing compopt: the tests compare the
-library against these, never against the library's own output.
+Everything here is written from the definitions in the papers, in float64
+NumPy, without importing compopt: the tests compare the library against these,
+never against the library's own output.
 """
 
 from __future__ import annotations

@@ -88,9 +88,9 @@ def _run(opt, params, state, n, steps, t0=0):
 
 @pytest.mark.parametrize("n_new", [4, 3, 12])
 def test_reshard_ef_keeps_the_virtual_iterate(n_new):
-  # paper 004 Thm IV: x_t − mean_i e_{t,i} = x_0 − γ Σ_s mean_i g_{s,i}. The
-  # rule e'_j = mean_i e_i keeps the left side, so the identity runs on across
-  # the change of worker count.
+  # Karimireddy et al. 2019, Thm IV: x_t − mean_i e_{t,i} =
+  # x_0 − γ Σ_s mean_i g_{s,i}. The rule e'_j = mean_i e_i keeps the left side,
+  # so the identity runs on across the change of worker count.
   gamma = 0.1
   opt = compopt.ef_sgd(gamma, compressor=C.top_k(2), axis_name=AXIS, key=5)
   x0 = _params()

@@ -1,4 +1,4 @@
-"""COMP-AMS (paper 003, Alg. 2) against a NumPy transcription, optax.amsgrad
+"""COMP-AMS (Li & Li 2022, Alg. 2) against a NumPy transcription, optax.amsgrad
 and the error-feedback telescoping identity."""
 
 import jax

@@ -1,7 +1,7 @@
 """Tests of the compressors of ``compopt.compressors``.
 
 Numbers are checked against the NumPy references of ``_reference.py`` (float64,
-written from the definitions in ALGORITHMS.md), never against the library's
+written from the papers' definitions), never against the library's
 own output: known answers for the deterministic compressors, the structure of
 every draw for the randomized ones, unbiasedness and the variance constants by
 Monte Carlo (one jitted ``vmap`` over keys per compressor), the wire form down

@@ -177,8 +177,9 @@ def test_two_phase_server_error_feedback_loses_nothing():
 
 
 def test_ef_sgd_two_phase_keeps_the_worker_invariant():
-  """EF-SGD's x_t − mean_i e_t,i = x_0 − γ Σ mean_i g_i (004 Thm IV) holds under
-  two_phase without a server compressor (the aggregate is exact)."""
+  """EF-SGD's x_t − mean_i e_t,i = x_0 − γ Σ mean_i g_i
+  (Karimireddy et al. 2019, Thm IV) holds under two_phase without a server
+  compressor (the aggregate is exact)."""
   opt = compopt.ef_sgd(0.1, compressor=C.top_k(k=2), axis_name="w", scheme=X.two_phase())
   state = compopt.parallel.stack(opt.init(TREE), N)
   step = jax.jit(jax.vmap(opt.update, axis_name="w"))

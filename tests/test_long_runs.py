@@ -44,7 +44,8 @@ def _scan(opt, a, b, noise, collect):
 @pytest.mark.parametrize("compressor,delta", [(C.top_k(2), 2 / D), (C.scaled_sign(), 1 / D)],
                          ids=["top_2", "scaled_sign"])
 def test_ef_error_stays_within_lemma_3(compressor, delta):
-  # paper 004 Lemma 3: ‖e_t‖² ≤ 4(1 − δ)γ²σ²/δ² when ‖g_s‖² ≤ σ² for s < t.
+  # Karimireddy et al. 2019, Lemma 3: ‖e_t‖² ≤ 4(1 − δ)γ²σ²/δ² when
+  # ‖g_s‖² ≤ σ² for s < t.
   # For a deterministic contractive C the proof holds path by path, so we check
   # every worker at every step with σ² the largest ‖g_s‖² seen so far.
   gamma = 0.05
@@ -62,7 +63,8 @@ def test_ef_error_stays_within_lemma_3(compressor, delta):
 
 
 def test_diana_lyapunov_function_decreases_as_theorem_3():
-  # paper 002 Thm 3: E V^k ≤ max{(1 − γμ)^k, (1 − α + 2ω/(nM))^k} V^0 with
+  # Shulgin & Richtárik 2022, Thm 3:
+  # E V^k ≤ max{(1 − γμ)^k, (1 − α + 2ω/(nM))^k} V^0 with
   # V^k = ‖x^k − x*‖² + Mγ²(1/n) Σ_i ω ‖h_i^k − ∇f_i(x*)‖².
   a, b, x_star, h_star, L_max, mu = _quadratic(1)
   k = 4

@@ -46,7 +46,7 @@ def np_scaled_sign(v):
   return np.abs(v).sum() / v.size * s
 
 
-# ------------------------------------------------- paper 000 §5.5 (Top-1 example)
+# --------------------------------- Horváth & Richtárik 2021, §5.5 (Top-1 example)
 
 _A = np.array([[-3, 2, 2], [2, -3, 2], [2, 2, -3]], np.float64)  # a, b, c
 # f = (1/3) Σ_i f_i, ∇²f_i = 2 a_i a_iᵀ + ½ I: L = λ_max((2/3) Σ a_i a_iᵀ + ½ I).
@@ -85,7 +85,8 @@ def _distances(make_opt, steps, seeds=(0,)):
 def test_top1_dcsgd_grows_by_closed_form():
   gamma = 1 / _L
   d = _distances(lambda k: compopt.dcsgd(gamma, compressor=C.top_k(1), axis_name=AXIS), 8)[0]
-  expected = (1 + 11 * gamma / 6) ** np.arange(1, 9)  # 000 §5.5: x^k = (1 + 11γ/6)^k x^0
+  # Horváth & Richtárik 2021, §5.5: x^k = (1 + 11γ/6)^k x^0
+  expected = (1 + 11 * gamma / 6) ** np.arange(1, 9)
   np.testing.assert_allclose(d, expected, rtol=1e-5)
 
 
@@ -107,7 +108,7 @@ def test_top1_ef_converges_and_nu_rand_1_is_faster():
   assert np.median(hits) < ef_hit, (np.median(hits), ef_hit)
 
 
-# ---------------------------------------------- paper 004 Thm IV (EF invariant)
+# ------------------------------- Karimireddy et al. 2019, Thm IV (EF invariant)
 
 
 @pytest.mark.parametrize("compressor", [

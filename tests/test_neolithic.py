@@ -1,4 +1,4 @@
-"""FCC (paper 001, Alg. 1, Lemma 2) and NEOLITHIC (Alg. 2) against NumPy
+"""FCC (Huang et al. 2022, Alg. 1, Lemma 2) and NEOLITHIC (Alg. 2) against NumPy
 loops, closed forms and the lemma's bound."""
 
 import jax
@@ -128,9 +128,10 @@ def _neolithic_problem():
 
 
 def test_bidirectional_neolithic_beats_dcsgd_without_ef():
-  # paper 001 §5 style: least squares, d = 30, n = 8 heterogeneous workers,
-  # top_k both ways, R = 4. NEOLITHIC reaches a neighbourhood that shrinks
-  # with γ; DCSGD with top_k and no error feedback stalls far away.
+  # In the style of Huang et al. 2022, §5: least squares, d = 30, n = 8
+  # heterogeneous workers, top_k both ways, R = 4. NEOLITHIC reaches a
+  # neighbourhood that shrinks with γ; DCSGD with top_k and no error feedback
+  # stalls far away.
   p = _neolithic_problem()
   gamma, steps = 0.2 / p.L, 300
   neo = compopt.neolithic(gamma, compressor=C.top_k(3), rounds=4,

@@ -1,5 +1,6 @@
-"""Shifted compression (paper 002): DCGD-FIXED/STAR, DIANA, Rand-DIANA, GDCI
-against closed-form optima, NumPy transcriptions and the paper's theorems."""
+"""Shifted compression (Shulgin & Richtárik 2022): DCGD-FIXED/STAR, DIANA,
+Rand-DIANA, GDCI against closed-form optima, NumPy transcriptions and the
+paper's theorems."""
 
 import functools
 
@@ -66,8 +67,9 @@ def test_ridge_is_heterogeneous_and_well_conditioned():
 
 @pytest.mark.parametrize("name", ["diana", "rand_diana"])
 def test_diana_family_reaches_exact_optimum_where_dcsgd_stalls(name):
-  # paper 002 Thm 3 (DIANA) and Thm 4 (Rand-DIANA): linear convergence to x*;
-  # Thm 1 (DCGD, h_i = 0): only to a neighbourhood ∝ Σ_i ‖∇f_i(x*)‖².
+  # Shulgin & Richtárik 2022, Thm 3 (DIANA) and Thm 4 (Rand-DIANA): linear
+  # convergence to x*; Thm 1 (DCGD, h_i = 0): only to a neighbourhood
+  # ∝ Σ_i ‖∇f_i(x*)‖².
   errors, _, gamma, rate = _ridge_run(name)
   assert 0 < rate < 1
   hit = first_below(errors, TARGET)
@@ -82,7 +84,8 @@ def test_diana_family_reaches_exact_optimum_where_dcsgd_stalls(name):
 
 
 def test_dcgd_star_with_optimal_shifts_converges_linearly():
-  # paper 002 Thm 2: with h_i = ∇f_i(x*), DCGD-STAR converges linearly to x*
+  # Shulgin & Richtárik 2022, Thm 2: with h_i = ∇f_i(x*), DCGD-STAR converges
+  # linearly to x*
   errors, *_ = _ridge_run("star")
   assert errors[-1] < TARGET
   # linear: geometric decrease between iterations 20 and 120

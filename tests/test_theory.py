@@ -37,9 +37,10 @@ def test_shape_of_an_array_and_a_multidimensional_shape():
 @pytest.mark.parametrize("d,k1,k2", [(100, 5, 10), (64, 16, 4), (10, 10, 1)])
 def test_induced_omega(d, k1, k2):
   expected = (d / k2 - 1) * (1 - k1 / d)
-  # Paper 000, Thm 3, in its own notation: C1 ∈ C(δ1') with δ1' = d/k1 (top_k,
-  # E‖C1(x) − x‖² ≤ (1 − k1/d)‖x‖²), C2 ∈ U(δ2') with δ2' = d/k2 (rand_k,
-  # E‖C2(x)‖² ≤ (d/k2)‖x‖²); δ' = δ2'(1 − 1/δ1') + 1/δ1', ω = δ' − 1.
+  # Horváth & Richtárik 2021, Thm 3, in their notation: C1 ∈ C(δ1') with
+  # δ1' = d/k1 (top_k, E‖C1(x) − x‖² ≤ (1 − k1/d)‖x‖²), C2 ∈ U(δ2') with
+  # δ2' = d/k2 (rand_k, E‖C2(x)‖² ≤ (d/k2)‖x‖²); δ' = δ2'(1 − 1/δ1') + 1/δ1',
+  # ω = δ' − 1.
   d1p, d2p = d / k1, d / k2
   assert d2p * (1 - 1 / d1p) + 1 / d1p - 1 == pytest.approx(expected)
   assert theory.induced_omega(k1 / d, d / k2 - 1) == pytest.approx(expected)
@@ -70,7 +71,7 @@ def test_tree_level_constants():
 # -------------------------------------------------------------------- DCSGD
 @pytest.mark.parametrize("d,k,n,L", [(100, 10, 4, 2.0), (10, 1, 1, 0.5)])
 def test_dcsgd_delta_n_and_step_size(d, k, n, L):
-  # Paper 000 writes rand_k ∈ U(δ') with δ' = E‖C(x)‖²/‖x‖² = d/k.
+  # Horváth & Richtárik 2021 write rand_k ∈ U(δ') with δ' = E‖C(x)‖²/‖x‖² = d/k.
   dp = d / k
   delta_n = (dp - 1) / n + 1
   omega = d / k - 1
@@ -168,7 +169,7 @@ def test_dcsgd_converges_at_the_theory_step_size():
   assert errs[-1] < 1e-6 * r0
 
 
-# ------------------------------------------------------- DIANA family (002)
+# ---------------------------------- DIANA family (Shulgin & Richtárik 2022)
 @pytest.mark.parametrize("d,k", [(80, 8), (80, 40), (10, 10)])
 def test_diana_alpha_rand_k(d, k):
   q = k / d
@@ -269,7 +270,7 @@ def test_diana_reaches_the_exact_optimum_at_the_theory_parameters():
   assert err < 1e-10 * np.sum(x_star**2)
 
 
-# -------------------------------------------------------- NEOLITHIC (001)
+# ------------------------------------------ NEOLITHIC (Huang et al. 2022)
 @pytest.mark.parametrize(
     "delta,T,b2,sigma2,Delta,L,expected",
     [
@@ -291,7 +292,8 @@ def test_neolithic_rounds(delta, T, b2, sigma2, Delta, L, expected):
 
 
 def test_fcc_top_k_error_bound_numpy():
-  # Paper 001, Alg. 1 with top_k (deterministic): ‖v^R − v*‖² ≤ (1 − k/d)^R ‖v*‖².
+  # Huang et al. 2022, Alg. 1 with top_k (deterministic):
+  # ‖v^R − v*‖² ≤ (1 − k/d)^R ‖v*‖².
   rng = np.random.default_rng(2)
   d, k = 50, 5
   for trial in range(20):

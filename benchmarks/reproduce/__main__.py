@@ -18,12 +18,12 @@ from benchmarks.reproduce.common import Row
 
 # Priority order: the cheap, exact experiments first.
 EXPERIMENTS = {
-    "top1": "benchmarks.reproduce.top1_counterexample",       # paper 000 §5.5
-    "neolithic": "benchmarks.reproduce.neolithic_lsq",        # paper 001 §5
-    "diana": "benchmarks.reproduce.rand_diana_ridge",         # paper 002 §4
-    "signsgd": "benchmarks.reproduce.ef_signsgd",             # paper 004 §3, §5.2, A.1
-    "induced": "benchmarks.reproduce.induced_mnist",          # paper 000 §5.2–5.4 (MNIST)
-    "compams": "benchmarks.reproduce.comp_ams_mnist",         # paper 003 §5.1–5.2 (MNIST)
+    "top1": "benchmarks.reproduce.top1_counterexample",       # Horváth & Richtárik 2021 §5.5
+    "neolithic": "benchmarks.reproduce.neolithic_lsq",        # Huang et al. 2022 §5
+    "diana": "benchmarks.reproduce.rand_diana_ridge",         # Shulgin & Richtárik 2022 §4
+    "signsgd": "benchmarks.reproduce.ef_signsgd",             # Karimireddy et al. 2019 §3, §5.2, A.1
+    "induced": "benchmarks.reproduce.induced_mnist",          # Horváth & Richtárik 2021 §5.2–5.4 (MNIST)
+    "compams": "benchmarks.reproduce.comp_ams_mnist",         # Li & Li 2022 §5.1–5.2 (MNIST)
 }
 
 HEADER = ("| experiment | paper's claim | quantity measured | ours | verdict |\n"

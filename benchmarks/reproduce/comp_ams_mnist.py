@@ -1,4 +1,4 @@
-"""Paper 003 §5.1–5.2 on real MNIST: COMP-AMS with Top-k (1%, 0.1%) and
+"""Li & Li 2022 §5.1–5.2 on real MNIST: COMP-AMS with Top-k (1%, 0.1%) and
 Block-Sign, with and without error feedback, an unbiased sparsifier without
 EF, against full-gradient AMSGrad on one worker (Fig. 1); and the linear
 speedup of COMP-AMS with Top-k 1% for n = 1, 2, 4, 8 workers (Fig. 2)."""
@@ -18,7 +18,7 @@ from benchmarks.reproduce import mnist_mlp
 from benchmarks.reproduce.common import Row, check
 
 NAME = "compams"
-TITLE = "paper 003 §5.1–5.2, COMP-AMS on MNIST: error feedback and linear speedup"
+TITLE = "Li & Li 2022 §5.1–5.2, COMP-AMS on MNIST: error feedback and linear speedup"
 AX = common.AXIS
 BATCH_51, BATCH_52 = 200, 100
 LRS = (1e-4, 3e-4, 1e-3)        # §5.1 grid (the paper searches a finer one)
@@ -156,7 +156,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   ax[3].set_ylim(0, 2.5)
   ax[3].legend(fontsize=7)
   common.save(fig, common.out_path(out_dir, "comp_ams_mnist.png"),
-              "paper 003 §5.1–5.2 on MNIST (MLP 784-512-10 instead of the paper's CNN)")
+              "Li & Li 2022 §5.1–5.2 on MNIST (MLP 784-512-10 instead of the paper's CNN)")
   rows_csv = []
   for name, o in s51.items():
     for j in range(len(o["steps"])):
@@ -182,7 +182,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
            if c in fin and c.replace("-EF", "") in fin]
   if pairs:
     rows.append(Row(
-        "003 §5.1 EF fixes", "without EF, compressed AMSGrad trains worse; EF fixes it",
+        "Li & Li 2022 §5.1 EF fixes", "without EF, compressed AMSGrad trains worse; EF fixes it",
         f"final training loss after {T} it., with EF vs without (pass: with EF lower for each)",
         "; ".join(f"{a} {fin[a]:.4f} vs {b} {fin[b]:.4f}" for a, b in pairs),
         verdict(all(fin[a] < fin[b] for a, b in pairs)),
@@ -192,19 +192,19 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   if "Full gradient" in fin:
     ok_keys = [k for k in ("TopK-EF-0.01", "BkSign-EF") if k in fin]
     rows.append(Row(
-        "003 §5.1 EF ≈ full", "with EF (Top-k 1%, Block-Sign), COMP-AMS matches full-gradient AMSGrad",
+        "Li & Li 2022 §5.1 EF ≈ full", "with EF (Top-k 1%, Block-Sign), COMP-AMS matches full-gradient AMSGrad",
         f"test accuracy after {T} it. (pass: within {ACC_TOL * 100:.0f} point of full gradient)",
         f"full {acc['Full gradient']:.4f}; " + ", ".join(f"{k} {acc[k]:.4f}" for k in ok_keys)
         + f" (train loss full {fin['Full gradient']:.4f}; "
         + ", ".join(f"{k} {fin[k]:.4f}" for k in ok_keys) + ")",
         verdict(all(acc[k] >= acc["Full gradient"] - ACC_TOL for k in ok_keys))))
     rows.append(Row(
-        "003 §5.1 Top-k 1% vs 0.1%", "Top-k-EF-0.01 trains better than Top-k-EF-0.001",
+        "Li & Li 2022 §5.1 Top-k 1% vs 0.1%", "Top-k-EF-0.01 trains better than Top-k-EF-0.001",
         f"final training loss after {T} it.",
         f"{fin['TopK-EF-0.01']:.4f} vs {fin['TopK-EF-0.001']:.4f}",
         verdict(fin["TopK-EF-0.01"] < fin["TopK-EF-0.001"])))
     rows.append(Row(
-        "003 §5.1 unbiased sparsifier",
+        "Li & Li 2022 §5.1 unbiased sparsifier",
         "the unbiased sparsifier (MVSS; here Rand-K Wangni 1%) without EF is outperformed by "
         "Block-Sign-EF and Top-k-EF, even at 0.1%",
         f"final training loss after {T} it.",
@@ -216,7 +216,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   its = {n: o["iters_to_target"] for n, o in s52.items()}
   ratio = its[1] / its[8] if 1 in its and 8 in its and np.isfinite(its[8]) else float("nan")  # --fast runs n = 1, 2 only
   rows.append(Row(
-      "003 §5.2 linear speedup",
+      "Li & Li 2022 §5.2 linear speedup",
       "iterations to a fixed training loss fall roughly as 1/n (n = 1, 2, 4, 8; η = 1e-4·√n)",
       f"iterations to training loss {LOSS_TARGET}; ratio n=1 / n=8 (pass: ≥ {MIN_RATIO})",
       ", ".join(f"n={n}: {v:g}" for n, v in its.items()) + f"; ratio {ratio:.2f}",
@@ -227,7 +227,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   low = {n: o["iters_to_low"] for n, o in s52.items()}
   rl = low[1] / low[8] if 1 in low and 8 in low and np.isfinite(low[8]) else float("nan")
   rows.append(Row(
-      "003 §5.2 speedup (lower target)", "(same claim, a lower loss target, chosen after the first run)",
+      "Li & Li 2022 §5.2 speedup (lower target)", "(same claim, a lower loss target, chosen after the first run)",
       f"iterations to training loss {LOSS_TARGET_LOW}; ratio n=1 / n=8",
       ", ".join(f"n={n}: {v:g}" for n, v in low.items()) + f"; ratio {rl:.2f}", "INFO",
       "Not a verdict: this target was picked after seeing that 0.5 is reached in the "

@@ -1,6 +1,6 @@
-"""Paper 004: §3 counterexamples 1–3 (signSGD fails, EF-SignSGD converges),
-§5.2 with A.6's data (distance to the span of the gradients, train/test loss)
-and A.1's sparse-noise toy."""
+"""Karimireddy et al. 2019: §3 counterexamples 1–3 (signSGD fails, EF-SignSGD
+converges), §5.2 with A.6's data (distance to the span of the gradients,
+train/test loss) and A.1's sparse-noise toy."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from benchmarks.reproduce import common
 from benchmarks.reproduce.common import Row, check
 
 NAME = "signsgd"
-TITLE = "paper 004, signSGD counterexamples, gradient span, sparse noise"
+TITLE = "Karimireddy et al. 2019, signSGD counterexamples, gradient span, sparse noise"
 AX = common.AXIS
 EPS = 0.5
 NOTES = """\
@@ -75,7 +75,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
          for name, mk in (("signSGD", lambda s: compopt.signsgd(0.01, axis_name=AX)),
                           ("EF-SignSGD", lambda s: compopt.ef_signsgd(0.01, axis_name=AX, key=s)))}
   figs["CE1: f(x) = x/4 on [−1,1] (mean of 50 keys)"] = ce1
-  rows.append(Row("004 §3 CE1", "with a fixed step, signSGD increases f in expectation (f = x/4 on [−1,1]); EF converges",
+  rows.append(Row("Karimireddy et al. 2019 §3 CE1", "with a fixed step, signSGD increases f in expectation (f = x/4 on [−1,1]); EF converges",
                   f"mean f(x_T) − f(x⁰), T = {T1} (f* − f(x⁰) = −0.25)",
                   f"signSGD {ce1['signSGD'][-1]:+.3f}, EF-SignSGD {ce1['EF-SignSGD'][-1]:+.3f}",
                   check(ce1["signSGD"][-1] > 0.1 and ce1["EF-SignSGD"][-1] < -0.2)))
@@ -103,7 +103,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
                ("EF-SignSGD", lambda s: compopt.ef_signsgd(sched(0.1), axis_name=AX, key=s)))}
     figs[f"{tag}: f(x_t), x⁰ = (1,1), γ_t = 0.1/√(t+1)"] = res
     f0 = float(f(x0))
-    rows.append(Row(f"004 §3 {tag}", ("signSGD never decreases f = ε|x₁+x₂| + |x₁−x₂| from (1,1); EF-SignSGD converges"
+    rows.append(Row(f"Karimireddy et al. 2019 §3 {tag}", ("signSGD never decreases f = ε|x₁+x₂| + |x₁−x₂| from (1,1); EF-SignSGD converges"
                                        if tag == "CE2" else
                                        "signSGD stays stuck on x₁ + x₂ = 2 in the smooth least-squares example; EF-SignSGD converges"),
                     f"f(x_T)/f(x⁰), T = {T2}",
@@ -136,12 +136,12 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
                              progress=prog)["trace"] for k, mk in meths.items()}
   fin = {k: {q: float(v[q][0, -1]) for q in ("dist", "train", "test")} for k, v in span.items()}
   best_test = {k: float(v["test"][0].min()) for k, v in span.items()}
-  rows.append(Row("004 §5.2 span", "EF-SignSGD's iterates approach the span of the gradients; signSGD's and signSGDM's stay far",
+  rows.append(Row("Karimireddy et al. 2019 §5.2 span", "EF-SignSGD's iterates approach the span of the gradients; signSGD's and signSGDM's stay far",
                   f"‖x_T − Π_G(x_T)‖ after {T5} full-batch steps",
                   ", ".join(f"{k} {v['dist']:.3f}" for k, v in fin.items()),
                   check(fin["EF-SignSGD"]["dist"] < 0.1 * min(fin["signSGD"]["dist"], fin["signSGDM"]["dist"])),
                   "Train loss at T: " + ", ".join(f"{k} {v['train']:.1e}" for k, v in fin.items())))
-  rows.append(Row("004 §5.2 test", "signSGD/signSGDM do not generalise (best test loss > 0.8); EF-SignSGD's test loss goes to ~0 like SGD's",
+  rows.append(Row("Karimireddy et al. 2019 §5.2 test", "signSGD/signSGDM do not generalise (best test loss > 0.8); EF-SignSGD's test loss goes to ~0 like SGD's",
                   "best test loss over the run",
                   ", ".join(f"{k} {v:.3f}" for k, v in best_test.items()),
                   check(min(best_test["signSGD"], best_test["signSGDM"]) > 0.8
@@ -165,11 +165,11 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
                       ("scaled signSGD", lambda s: compopt.scaled_signsgd(0.01, axis_name=AX)))}
   prog.close()
   mA = {k: float(v[:, -1].mean()) for k, v in a1.items()}
-  rows.append(Row("004 A.1 sparse noise", "with noise on one coordinate, signSGD and scaled signSGD are faster than SGD and EF-SignSGD",
+  rows.append(Row("Karimireddy et al. 2019 A.1 sparse noise", "with noise on one coordinate, signSGD and scaled signSGD are faster than SGD and EF-SignSGD",
                   f"mean f(x_T), T = {TA}, {nkeys} keys",
                   ", ".join(f"{k} {v:.3g}" for k, v in mA.items()),
                   check(max(mA["signSGD"], mA["scaled signSGD"]) < min(mA["SGD"], mA["EF-SignSGD"]))))
-  rows.append(Row("004 A.1 EF ≈ SGD", "SGD and EF-SignSGD converge at the same (slower) rate",
+  rows.append(Row("Karimireddy et al. 2019 A.1 EF ≈ SGD", "SGD and EF-SignSGD converge at the same (slower) rate",
                   "mean f(x_T) ratio EF-SignSGD / SGD (same: within [0.5, 2])",
                   f"{mA['EF-SignSGD'] / mA['SGD']:.2f}", check(0.5 <= mA["EF-SignSGD"] / mA["SGD"] <= 2)))
 
@@ -189,7 +189,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
     axs[5].semilogy(v.mean(0), label=k)
   axs[5].set_title("A.1 sparse noise: mean f(x_t)", fontsize=7); axs[5].set_xlabel("iterations")
   axs[5].legend(fontsize=6)
-  common.save(fig, common.out_path(out_dir, "ef_signsgd.png"), "paper 004: counterexamples, gradient span, sparse noise")
+  common.save(fig, common.out_path(out_dir, "ef_signsgd.png"), "Karimireddy et al. 2019: counterexamples, gradient span, sparse noise")
   common.write_json(common.out_path(out_dir, "ef_signsgd.json"), {
       "counterexamples": figs, "span": {k: {q: v[q][0] for q in v} for k, v in span.items()},
       "sparse_noise_mean_f": {k: v.mean(0) for k, v in a1.items()}})

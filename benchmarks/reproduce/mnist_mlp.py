@@ -1,5 +1,5 @@
 """Real MNIST and the 784-512-10 MLP shared by the two real-data reproductions
-(paper 000 §5.2–5.4 and paper 003 §5.1–5.2).
+(Horváth & Richtárik 2021 §5.2–5.4 and Li & Li 2022 §5.1–5.2).
 
 The data are the full MNIST (60k train / 10k test) from
 ``examples.input_pipeline.load_embedded_mnist`` (offline; never random data),

@@ -1,4 +1,4 @@
-"""Paper 001 §5 (Fig. 1 left): synthetic least squares, d = 30, n = 32,
+"""Huang et al. 2022 §5 (Fig. 1 left): synthetic least squares, d = 30, n = 32,
 rand-1, R = 4. NEOLITHIC vs MEM-SGD (ef_sgd), Double-Squeeze and P-SGD in
 ‖x − x*‖² per communication round."""
 
@@ -15,7 +15,7 @@ from benchmarks.reproduce import common
 from benchmarks.reproduce.common import Row, check
 
 NAME = "neolithic"
-TITLE = "paper 001 §5, least squares, NEOLITHIC vs MEM-SGD / Double-Squeeze / P-SGD"
+TITLE = "Huang et al. 2022 §5, least squares, NEOLITHIC vs MEM-SGD / Double-Squeeze / P-SGD"
 D, N, R, M_ROWS, BATCH = 30, 32, 4, 100, 1
 GAMMAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 CLOSE = 2.0   # "close to P-SGD": final error within this factor (fixed before running)
@@ -116,7 +116,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
     a.set_ylabel("‖x − x*‖²")
   a1.legend(fontsize=7)
   common.save(fig, common.out_path(out_dir, "neolithic_lsq.png"),
-              f"paper 001 Fig. 1 (left): least squares d={D}, n={N}, scaled rand-1, R={R}")
+              f"Huang et al. 2022 Fig. 1 (left): least squares d={D}, n={N}, scaled rand-1, R={R}")
   common.write_series_csv(common.out_path(out_dir, "neolithic_lsq.csv"), "round", rounds, curves)
   common.write_json(common.out_path(out_dir, "neolithic_lsq.json"), {
       "best_gamma": {k: v[0] for k, v in best.items()},
@@ -126,7 +126,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   fin = {k: v[1] for k, v in best.items()}
   summary = ", ".join(f"{k} {v:.2e}" for k, v in fin.items())
   return [
-      Row("001 §5 NEOLITHIC vs EF", "NEOLITHIC beats MEM-SGD and Double-Squeeze in ‖x − x*‖² per round",
+      Row("Huang et al. 2022 §5 NEOLITHIC vs EF", "NEOLITHIC beats MEM-SGD and Double-Squeeze in ‖x − x*‖² per round",
           f"‖x − x*‖² averaged over rounds {3 * T // 4}..{T} and {len(data_seeds)} data seeds, best γ each",
           f"NEOLITHIC {fin['NEOLITHIC']:.2e} vs MEM-SGD {fin['MEM-SGD']:.2e}, "
           f"Double-Squeeze {fin['Double-Squeeze']:.2e}",
@@ -135,7 +135,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
           "tracks P-SGD down to its noise floor; NEOLITHIC, one update per R = 4 rounds, is slower "
           "in the transient and reaches a similar (sometimes lower) floor later. We do not see "
           "NEOLITHIC clearly ahead of MEM-SGD. All: " + summary + "; best γ: " + ", ".join(f"{k} {v[0]}" for k, v in best.items())),
-      Row("001 §5 NEOLITHIC vs P-SGD", "NEOLITHIC performs close to (uncompressed) P-SGD",
+      Row("Huang et al. 2022 §5 NEOLITHIC vs P-SGD", "NEOLITHIC performs close to (uncompressed) P-SGD",
           f"final error ratio NEOLITHIC / P-SGD (close: ≤ {CLOSE})",
           f"{fin['NEOLITHIC'] / fin['P-SGD']:.2f}", check(fin["NEOLITHIC"] <= CLOSE * fin["P-SGD"]),
           f"bits per round per worker (up, down): " + ", ".join(

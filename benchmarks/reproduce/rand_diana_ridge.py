@@ -1,5 +1,6 @@
-"""Paper 002 §4 (Figs. 1 and 2): ridge regression, DIANA vs Rand-DIANA with
-Rand-K and natural dithering against bits sent, and the M study of Rand-DIANA."""
+"""Shulgin & Richtárik 2022 §4 (Figs. 1 and 2): ridge regression, DIANA vs
+Rand-DIANA with Rand-K and natural dithering against bits sent, and the M study
+of Rand-DIANA."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from benchmarks.reproduce import common
 from benchmarks.reproduce.common import Row, check
 
 NAME = "diana"
-TITLE = "paper 002 §4, ridge regression, DIANA vs Rand-DIANA"
+TITLE = "Shulgin & Richtárik 2022 §4, ridge regression, DIANA vs Rand-DIANA"
 M_ROWS, D, N = 100, 80, 10
 QS = (0.05, 0.1, 0.25, 0.5)
 SS = (2, 4, 8)
@@ -138,7 +139,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
     a.set_title(t, fontsize=9)
     a.legend(fontsize=6)
   common.save(fig, common.out_path(out_dir, "rand_diana_ridge.png"),
-              "paper 002 Figs. 1–2: ridge regression m=100, d=80, 10 workers")
+              "Shulgin & Richtárik 2022 Figs. 1–2: ridge regression m=100, d=80, 10 workers")
   common.write_json(common.out_path(out_dir, "rand_diana_ridge.json"), {
       "L_max": L_max, "log_eps": log_eps, "T": T,
       "runs": {k: {kk: vv for kk, vv in v.items() if kk != "log_err"} for k, v in results.items()}})
@@ -158,7 +159,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   s_star = min(nd_d, key=nd_d.get)
   m = {b: results[f"Rand-DIANA M study b={b}"] for b in BS}
   rows = [
-      Row("002 §4.1 Rand-K", "Rand-DIANA beats DIANA for every Rand-K q (bits to a given error)",
+      Row("Shulgin & Richtárik 2022 §4.1 Rand-K", "Rand-DIANA beats DIANA for every Rand-K q (bits to a given error)",
           f"bits per worker to {eps_txt}, Rand-DIANA vs DIANA, q = {qs}",
           "; ".join(f"q={q}: {fmt(b2e(f'Rand-DIANA Rand-K q={q}'))} vs {fmt(b2e(f'DIANA Rand-K q={q}'))}"
                     for q in qs),
@@ -168,19 +169,19 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
           "the same rate per step, and Rand-DIANA's dense refreshes (p·d float32 per step on "
           "average) cost more bits than DIANA's compressed shift updates, so Rand-DIANA needs more "
           "bits. The paper's step sizes for Fig. 1 are not stated; we did not tune them."),
-      Row("002 §4.1 Rand-K trend", "DIANA does better at higher q, Rand-DIANA at lower q",
+      Row("Shulgin & Richtárik 2022 §4.1 Rand-K trend", "DIANA does better at higher q, Rand-DIANA at lower q",
           f"bits to {eps_txt} along q = {qs}",
           f"DIANA {', '.join(map(fmt, d_trend))}; Rand-DIANA {', '.join(map(fmt, r_trend))}",
           check(d_trend[-1] < d_trend[0] and r_trend[0] < r_trend[-1]),
           "Checked on the ends of the q grid (smallest vs largest q)."),
-      Row("002 §4.1 ND s*", "DIANA with natural dithering at its best s can beat Rand-DIANA",
+      Row("Shulgin & Richtárik 2022 §4.1 ND s*", "DIANA with natural dithering at its best s can beat Rand-DIANA",
           f"bits to {eps_txt} at DIANA's best s (s* = {s_star}) of {ss}",
           f"DIANA {fmt(nd_d[s_star])} vs Rand-DIANA {fmt(nd_r[s_star])}",
           check(nd_d[s_star] < nd_r[s_star])),
-      Row("002 §4.1 ND s=2", "Rand-DIANA is preferable for very aggressive ND (s = 2)",
+      Row("Shulgin & Richtárik 2022 §4.1 ND s=2", "Rand-DIANA is preferable for very aggressive ND (s = 2)",
           f"bits to {eps_txt} with s = 2", f"Rand-DIANA {fmt(nd_r[2])} vs DIANA {fmt(nd_d[2])}",
           check(nd_r[2] < nd_d[2])),
-      Row("002 §4.2 M study", "M below M' = 2ω/(np) makes Rand-DIANA unstable or divergent; b = 1.5 is a stable slowdown",
+      Row("Shulgin & Richtárik 2022 §4.2 M study", "M below M' = 2ω/(np) makes Rand-DIANA unstable or divergent; b = 1.5 is a stable slowdown",
           f"final log rel. error after {T} steps for M = b·M', b = {BS}",
           ", ".join(f"b={b}: {m[b]['final']:.1f}" for b in BS),
           check((not np.isfinite(m[BS[0]]["final"]) or m[BS[0]]["final"] > m[1.0]["final"])

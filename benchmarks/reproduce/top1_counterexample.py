@@ -1,4 +1,5 @@
-"""Paper 000 §5.5 (Fig. 4): the n = d = 3 counterexample of Beznosikov et al.
+"""Horváth & Richtárik 2021 §5.5 (Fig. 4): the n = d = 3 counterexample of
+Beznosikov et al.
 
 f_i(x) = <a_i, x>^2 + ||x||^2 / 4, a = (-3,2,2), b = (2,-3,2), c = (2,2,-3),
 x0 = (1,1,1), γ = 1/L with L the smoothness constant of f = mean_i f_i.
@@ -18,7 +19,7 @@ from benchmarks.reproduce import common
 from benchmarks.reproduce.common import Row, check
 
 NAME = "top1"
-TITLE = "paper 000 §5.5, Top-1 counterexample (Fig. 4)"
+TITLE = "Horváth & Richtárik 2021 §5.5, Top-1 counterexample (Fig. 4)"
 A = np.array([[-3., 2., 2.], [2., -3., 2.], [2., 2., -3.]])
 NOTES = """\
 - L is the largest eigenvalue of ∇²f = (2/3)Σ a_i a_iᵀ + I/2, i.e. 103/6 ≈ 17.17
@@ -96,7 +97,7 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
     ax.set_ylim(1e-20, 1e8)
   ax1.legend(fontsize=7)
   common.save(fig, common.out_path(out_dir, "top1_counterexample.png"),
-              f"paper 000 Fig. 4: n = d = 3, γ = 1/L = {gamma:.4f}")
+              f"Horváth & Richtárik 2021 Fig. 4: n = d = 3, γ = 1/L = {gamma:.4f}")
   common.write_series_csv(common.out_path(out_dir, "top1_counterexample.csv"), "k", ks, {
       "top1": e_top1, "top1_predicted": e_top1[0] * rate ** (2 * np.arange(K_div + 1)),
       "top1_ef": e_ef, "nu_rand1_median": nu_med, "nu_rand1_mean": nu_mean})
@@ -109,20 +110,20 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
   nu_mean_final = float(nu_mean[-1] / e_ef[0])
   frac_better = float(np.mean(e_nu[:, -1] < e_ef[-1]))
   rows = [
-      Row("000 §5.5 Top-1", "Top-1 DCSGD with γ = 1/L diverges as x^k = (1 + 11γ/6)^k x⁰",
+      Row("Horváth & Richtárik 2021 §5.5 Top-1", "Top-1 DCSGD with γ = 1/L diverges as x^k = (1 + 11γ/6)^k x⁰",
           f"growth of ‖x^k‖ per step over {K_div} steps (predicted {rate:.6f})",
           f"{measured_rate:.6f}" + ("" if on_axis else " (left the (1,1,1) axis)"),
           check(abs(measured_rate - rate) < 1e-4 * rate and on_axis),
           f"L = {L:.4f} = 103/6, γ = {gamma:.5f}."),
-      Row("000 §5.5 Top-1 + EF", "Top-1 with error feedback converges",
+      Row("Horváth & Richtárik 2021 §5.5 Top-1 + EF", "Top-1 with error feedback converges",
           f"‖x^K − x*‖²/‖x⁰ − x*‖² after K = {K}", f"{ef_final:.2e}", check(ef_final < 1e-6)),
-      Row("000 §5.5 NU Rand-1", "NU Rand-1 (no EF) converges faster than Top-1 + EF",
+      Row("Horváth & Richtárik 2021 §5.5 NU Rand-1", "NU Rand-1 (no EF) converges faster than Top-1 + EF",
           f"median over {n_keys} keys of ‖x^K − x*‖²/‖x⁰‖², K = {K}, vs Top-1 + EF's {ef_final:.1e}",
           f"{nu_med_final:.2e}", check(nu_med_final < ef_final),
           f"{100 * frac_better:.0f}% of the keys end below Top-1 + EF. Uplink per worker per "
           f"step: Top-1 {bits_per_step['top1']:.0f} bits, NU Rand-1 "
           f"{bits_per_step['nu_rand1']:.0f} bits (same wire form: one value and one index)."),
-      Row("000 §5.5 NU Rand-1 (mean)", "(stricter reading) the mean over keys is also faster",
+      Row("Horváth & Richtárik 2021 §5.5 NU Rand-1 (mean)", "(stricter reading) the mean over keys is also faster",
           f"mean over {n_keys} keys of ‖x^K − x*‖²/‖x⁰‖², K = {K}", f"{nu_mean_final:.2e}",
           "INFO",
           "Mean-square over keys is dominated by a few slow keys; "

@@ -1,4 +1,6 @@
-"""Partial participation: samplings S over the n workers (paper 000 §4.2).
+"""Partial participation: samplings S over the n workers.
+
+Horváth & Richtárik 2021, §4.2.
 
 A sampling draws the set S of workers that communicate in a round. Every
 worker draws it from the same (shared) key, so all agree on S without

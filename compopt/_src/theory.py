@@ -1,25 +1,26 @@
 """Theory helpers: the constants and hyperparameters the papers' theorems give.
 
 Every function returns a plain Python number computed from the statement of a
-theorem, and names its source. Notation (``ALGORITHMS.md``):
+theorem, and names its source. Notation:
 
 * unbiased U(ω): E C(x) = x, E‖C(x) − x‖² ≤ ω‖x‖²;
 * contractive B(δ), δ ∈ (0, 1]: E‖C(x) − x‖² ≤ (1 − δ)‖x‖².
 
-Paper 000 (Horváth & Richtárik) writes U(δ') for E‖C(x)‖² ≤ δ'‖x‖², so
+Horváth & Richtárik 2021 write U(δ') for E‖C(x)‖² ≤ δ'‖x‖², so
 δ' = ω + 1, and C(δ') for a contractive compressor with
 E‖C(x) − x‖² ≤ (1 − 1/δ')‖x‖², so δ' = 1/δ. The functions below take ω and δ
 in the notation above and convert where the paper's statement needs it.
 
 References:
-  [000] Horváth, Richtárik. A better alternative to error feedback for
-    communication-efficient distributed learning, ICLR 2021.
-    https://arxiv.org/abs/2006.11077
-  [001] Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal algorithms in
-    distributed learning with communication compression, NeurIPS 2022.
-    https://arxiv.org/abs/2206.03665
-  [002] Shulgin, Richtárik. Shifted compression framework: generalizations
-    and improvements, UAI 2022. https://arxiv.org/abs/2206.10452
+  Horváth & Richtárik 2021: Horváth, Richtárik. A better alternative to
+    error feedback for communication-efficient distributed learning,
+    ICLR 2021. https://arxiv.org/abs/2006.11077
+  Huang et al. 2022: Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal
+    algorithms in distributed learning with communication compression,
+    NeurIPS 2022. https://arxiv.org/abs/2206.03665
+  Shulgin & Richtárik 2022: Shulgin, Richtárik. Shifted compression
+    framework: generalizations and improvements, UAI 2022.
+    https://arxiv.org/abs/2206.10452
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
     9.0
 
   References:
-    [002] Shulgin, Richtárik, Definition 2 (class U(ω)), eq. 2 (Rand-K ∈
+    Shulgin & Richtárik 2022, Definition 2 (class U(ω)), eq. 2 (Rand-K ∈
     U(d/K − 1)). https://arxiv.org/abs/2206.10452
   """
   owner = "omega"
@@ -149,7 +150,7 @@ def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
     0.1
 
   References:
-    [002] Shulgin, Richtárik, Definition 1 (class B(δ); Top-K ∈ B(K/d)).
+    Shulgin & Richtárik 2022, Definition 1 (class B(δ); Top-K ∈ B(K/d)).
     https://arxiv.org/abs/2206.10452
   """
   owner = "delta"
@@ -160,9 +161,9 @@ def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
 def induced_omega(delta1: float, omega2: float) -> float:
   """ω of the induced compressor C(x) = C1(x) + C2(x − C1(x)).
 
-  Paper 000, Thm 3, states for C1 ∈ C(δ1') (contractive with λ = 1) and
-  C2 ∈ U(δ2') that C ∈ U(δ') with δ' = δ2'(1 − 1/δ1') + 1/δ1'. In our notation
-  δ1' = 1/δ1 (since 1 − 1/δ1' = 1 − δ1) and δ2' = ω2 + 1, so
+  Horváth & Richtárik 2021, Thm 3, states for C1 ∈ C(δ1') (contractive with
+  λ = 1) and C2 ∈ U(δ2') that C ∈ U(δ') with δ' = δ2'(1 − 1/δ1') + 1/δ1'. In
+  our notation δ1' = 1/δ1 (since 1 − 1/δ1' = 1 − δ1) and δ2' = ω2 + 1, so
 
   .. math::
     ω = δ' − 1 = (ω2 + 1)(1 − δ1) + δ1 − 1 = ω2 (1 − δ1).
@@ -180,7 +181,7 @@ def induced_omega(delta1: float, omega2: float) -> float:
     8.1
 
   References:
-    [000] Horváth, Richtárik, Theorem 3. https://arxiv.org/abs/2006.11077
+    Horváth & Richtárik 2021, Theorem 3. https://arxiv.org/abs/2006.11077
   """
   owner = "induced_omega"
   delta1 = checks.check_delta(delta1, owner, "delta1")
@@ -188,17 +189,17 @@ def induced_omega(delta1: float, omega2: float) -> float:
   return omega2 * (1.0 - delta1)
 
 
-# ---------------------------------------------------------------- DCSGD (000)
+# ------------------------------------------- DCSGD (Horváth & Richtárik 2021)
 def dcsgd_delta_n(omega: float, n: int) -> float:
-  """Paper 000's δ_n: DCSGD's second-moment constant with n workers.
+  """δ_n: DCSGD's second-moment constant with n workers.
 
-  Paper 000, Thm 4, with C ∈ U(δ') (δ' = ω + 1):
+  Horváth & Richtárik 2021, Thm 4, with C ∈ U(δ') (δ' = ω + 1):
 
   .. math::
     δ_n = (δ' − 1)/n + 1 = ω/n + 1.
 
-  Note that δ_n ≥ 1 is in paper 000's U(δ') notation (a bound on
-  E‖mean_i C(g_i)‖²), not a contractive δ.
+  Note that δ_n ≥ 1 is in the U(δ') notation of Horváth & Richtárik 2021 (a
+  bound on E‖mean_i C(g_i)‖²), not a contractive δ.
 
   Args:
     omega: ω >= 0 of the compressor every worker uses.
@@ -213,7 +214,7 @@ def dcsgd_delta_n(omega: float, n: int) -> float:
     4.0
 
   References:
-    [000] Horváth, Richtárik, Theorem 4. https://arxiv.org/abs/2006.11077
+    Horváth & Richtárik 2021, Theorem 4. https://arxiv.org/abs/2006.11077
   """
   owner = "dcsgd_delta_n"
   omega = checks.check_omega(omega, owner)
@@ -224,10 +225,11 @@ def dcsgd_delta_n(omega: float, n: int) -> float:
 def dcsgd_delta_s(omega: float, n: int, *,
                   probabilities: float | Sequence[float] | None = None,
                   tau: int | None = None) -> float:
-  """Paper 000's δ_S: DCSGD's constant under partial participation.
+  """δ_S: DCSGD's constant under partial participation.
 
-  Paper 000, §4.2 and Thm 6: a sampling S ⊆ [n] with p_i = P(i ∈ S) > 0 and
-  aggregation Δ = Σ_{i∈S} C(g_i)/(n p_i). With a vector v satisfying
+  Horváth & Richtárik 2021, §4.2 and Thm 6: a sampling S ⊆ [n] with
+  p_i = P(i ∈ S) > 0 and aggregation Δ = Σ_{i∈S} C(g_i)/(n p_i). With a vector
+  v satisfying
   P − pp^T ⪯ Diag(p_1 v_1, …, p_n v_n) (Lemma 5), and C ∈ U(δ'), δ' = ω + 1,
 
   .. math::
@@ -254,7 +256,7 @@ def dcsgd_delta_s(omega: float, n: int, *,
       Give exactly one of ``probabilities`` and ``tau``.
 
   Returns:
-    δ_S (paper 000's U(δ') notation, >= 1).
+    δ_S (in the U(δ') notation of Horváth & Richtárik 2021, >= 1).
 
   Example:
     >>> from compopt import theory
@@ -262,7 +264,7 @@ def dcsgd_delta_s(omega: float, n: int, *,
     1.75
 
   References:
-    [000] Horváth, Richtárik, §4.2, Lemma 5, Theorem 6.
+    Horváth & Richtárik 2021, §4.2, Lemma 5, Theorem 6.
     https://arxiv.org/abs/2006.11077
   """
   owner = "dcsgd_delta_s"
@@ -286,7 +288,7 @@ def dcsgd_delta_s(omega: float, n: int, *,
 def dcsgd_step_size(omega: float, n: int, L: float, *,
                     probabilities: float | Sequence[float] | None = None,
                     tau: int | None = None) -> float:
-  """Largest DCSGD step size of paper 000, Thms 4 and 6.
+  """Largest DCSGD step size of Horváth & Richtárik 2021, Thms 4 and 6.
 
   .. math::
     γ ≤ 1/(2 δ_n L),  δ_n = ω/n + 1            (full participation, Thm 4)
@@ -313,7 +315,7 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
     0.0625
 
   References:
-    [000] Horváth, Richtárik, Theorems 4 and 6.
+    Horváth & Richtárik 2021, Theorems 4 and 6.
     https://arxiv.org/abs/2006.11077
   """
   owner = "dcsgd_step_size"
@@ -325,9 +327,9 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
   return 1.0 / (2.0 * d * L)
 
 
-# ------------------------------------------------- shifted compression (002)
+# ---------------------------- shifted compression (Shulgin & Richtárik 2022)
 def dcgd_fixed_step_size(omega: float, n: int, L: float, L_max: float) -> float:
-  """Largest step size of DCGD with fixed shifts (paper 002, Thm 1).
+  """Largest step size of DCGD with fixed shifts (Shulgin & Richtárik 2022, Thm 1).
 
   .. math::
     γ ≤ 1 / (L + 2 max_i(L_i ω_i)/n).
@@ -350,7 +352,7 @@ def dcgd_fixed_step_size(omega: float, n: int, L: float, L_max: float) -> float:
     0.35714285714285715
 
   References:
-    [002] Shulgin, Richtárik, Theorem 1. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 1. https://arxiv.org/abs/2206.10452
   """
   owner = "dcgd_fixed_step_size"
   omega = checks.check_omega(omega, owner)
@@ -371,7 +373,7 @@ def _smoothness(L, L_max, owner):
 
 def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
                         delta: float = 0.0) -> float:
-  """Largest step size of DCGD-STAR (paper 002, Thm 2, eq. 9).
+  """Largest step size of DCGD-STAR (Shulgin & Richtárik 2022, Thm 2, eq. 9).
 
   Shifts h_i = ∇f_i(x*) + C_i(∇f_i(x^k) − ∇f_i(x*)) (eq. 8) with C_i ∈ B(δ):
 
@@ -398,7 +400,7 @@ def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
     0.5263157894736842
 
   References:
-    [002] Shulgin, Richtárik, Theorem 2. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 2. https://arxiv.org/abs/2206.10452
   """
   owner = "dcgd_star_step_size"
   omega = checks.check_omega(omega, owner)
@@ -409,7 +411,7 @@ def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
 
 
 def diana_alpha(omega: float, delta: float = 0.0) -> float:
-  """Largest DIANA shift step α (paper 002, Thm 3).
+  """Largest DIANA shift step α (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
     α ≤ 1 / (1 + ω (1 − δ)),
@@ -433,7 +435,7 @@ def diana_alpha(omega: float, delta: float = 0.0) -> float:
     0.1
 
   References:
-    [002] Shulgin, Richtárik, Theorem 3, eqs. 10–11.
+    Shulgin & Richtárik 2022, Theorem 3, eqs. 10–11.
     https://arxiv.org/abs/2206.10452
   """
   owner = "diana_alpha"
@@ -450,7 +452,9 @@ def _alpha_arg(alpha, omega, delta, owner):
 
 def diana_M(omega: float, n: int, alpha: float | None = None,
             delta: float = 0.0) -> float:
-  """The Lyapunov weight M of DIANA (paper 002, Thm 3), with a safety factor 2.
+  """The Lyapunov weight M of DIANA, with a safety factor 2.
+
+  Shulgin & Richtárik 2022, Thm 3.
 
   Thm 3 asks for M > 2/(nα), and its rate factor 1 − α + 2ω/(nM) is below 1
   only when M > 2ω/(nα). We return twice the larger bound,
@@ -482,7 +486,7 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
     36.0
 
   References:
-    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_M"
   omega = checks.check_omega(omega, owner)
@@ -495,7 +499,7 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
 def diana_step_size(omega: float, n: int, L_max: float, *,
                     alpha: float | None = None, M: float | None = None,
                     delta: float = 0.0) -> float:
-  """Largest DIANA step size γ (paper 002, Thm 3).
+  """Largest DIANA step size γ (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
     γ ≤ 1 / ((2/n) max_i(ω_i L_i) + (1 + α M) L_max),
@@ -522,7 +526,7 @@ def diana_step_size(omega: float, n: int, L_max: float, *,
     0.15625
 
   References:
-    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_step_size"
   omega = checks.check_omega(omega, owner)
@@ -537,7 +541,7 @@ def diana_step_size(omega: float, n: int, L_max: float, *,
 def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
                alpha: float | None = None, M: float | None = None,
                delta: float = 0.0) -> float:
-  """DIANA's per-iteration contraction factor (paper 002, Thm 3).
+  """DIANA's per-iteration contraction factor (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
     E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − α + 2ω/(nM)}.
@@ -562,7 +566,7 @@ def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     0.9984375
 
   References:
-    [002] Shulgin, Richtárik, Theorem 3. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_rate"
   omega = checks.check_omega(omega, owner)
@@ -576,7 +580,9 @@ def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
 
 
 def rand_diana_p(omega: float) -> float:
-  """Rand-DIANA's refresh probability p = 1/(ω + 1) (paper 002, §3.2.2).
+  """Rand-DIANA's refresh probability p = 1/(ω + 1).
+
+  Shulgin & Richtárik 2022, §3.2.2.
 
   .. math::
     p = 1/(ω + 1).
@@ -597,7 +603,7 @@ def rand_diana_p(omega: float) -> float:
     0.1
 
   References:
-    [002] Shulgin, Richtárik, Theorem 4 and the text after it.
+    Shulgin & Richtárik 2022, Theorem 4 and the text after it.
     https://arxiv.org/abs/2206.10452
   """
   return 1.0 / (checks.check_omega(omega, "rand_diana_p") + 1.0)
@@ -610,7 +616,9 @@ def _p_arg(p, omega, owner):
 
 
 def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
-  """Rand-DIANA's Lyapunov weight M = 4ω/(n p_m) (paper 002, Thm 4).
+  """Rand-DIANA's Lyapunov weight M = 4ω/(n p_m).
+
+  Shulgin & Richtárik 2022, Thm 4.
 
   .. math::
     M = 4ω/(n p_m),  p_m = min_i p_i,
@@ -634,7 +642,7 @@ def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
     36.0
 
   References:
-    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_M"
   omega = checks.check_omega(omega, owner)
@@ -646,7 +654,7 @@ def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
 def rand_diana_step_size(omega: float, n: int, L_max: float, *,
                          p: float | None = None,
                          M: float | None = None) -> float:
-  """Largest Rand-DIANA step size γ (paper 002, Thm 4).
+  """Largest Rand-DIANA step size γ (Shulgin & Richtárik 2022, Thm 4).
 
   .. math::
     γ ≤ 1 / ((1 + 2ω/n) L_max + M max_i(p_i L_i)),
@@ -670,7 +678,7 @@ def rand_diana_step_size(omega: float, n: int, L_max: float, *,
     0.15625
 
   References:
-    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_step_size"
   omega = checks.check_omega(omega, owner)
@@ -683,7 +691,9 @@ def rand_diana_step_size(omega: float, n: int, L_max: float, *,
 
 def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
                     p: float | None = None, M: float | None = None) -> float:
-  """Rand-DIANA's per-iteration contraction factor (paper 002, Thm 4).
+  """Rand-DIANA's per-iteration contraction factor.
+
+  Shulgin & Richtárik 2022, Thm 4.
 
   .. math::
     E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − p_m + 2ω/(nM)}.
@@ -709,7 +719,7 @@ def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     0.95
 
   References:
-    [002] Shulgin, Richtárik, Theorem 4. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_rate"
   omega = checks.check_omega(omega, owner)
@@ -726,7 +736,7 @@ def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
 
 
 def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
-  """Largest GDCI relaxation η (paper 002, Thm 5).
+  """Largest GDCI relaxation η (Shulgin & Richtárik 2022, Thm 5).
 
   For x ← (1 − η)x + η mean_i Q_i(x − γ∇f_i(x)) (eq. 13), Q_i ∈ U(ω):
 
@@ -749,7 +759,7 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
     0.3333333333333333
 
   References:
-    [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 5. https://arxiv.org/abs/2206.10452
   """
   owner = "gdci_eta"
   omega = checks.check_omega(omega, owner)
@@ -761,7 +771,9 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
 
 def gdci_step_size(omega: float, n: int, L: float, L_max: float,
                    eta: float) -> float:
-  """Largest GDCI gradient step γ for a given η (paper 002, Thm 5).
+  """Largest GDCI gradient step γ for a given η.
+
+  Shulgin & Richtárik 2022, Thm 5.
 
   .. math::
     γ ≤ (1 + 2ηω/n) / (η (L + 2 L_max ω/n)).
@@ -782,7 +794,7 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
     0.75
 
   References:
-    [002] Shulgin, Richtárik, Theorem 5. https://arxiv.org/abs/2206.10452
+    Shulgin & Richtárik 2022, Theorem 5. https://arxiv.org/abs/2206.10452
   """
   owner = "gdci_step_size"
   omega = checks.check_omega(omega, owner)
@@ -792,10 +804,10 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
   return (1.0 + 2.0 * eta * omega / n) / (eta * (L + 2.0 * L_max * omega / n))
 
 
-# ------------------------------------------------------------ NEOLITHIC (001)
+# ---------------------------------------------- NEOLITHIC (Huang et al. 2022)
 def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
                      Delta: float, L: float) -> int:
-  """NEOLITHIC's number of compression rounds R (paper 001, Thm 3).
+  """NEOLITHIC's number of compression rounds R (Huang et al. 2022, Thm 3).
 
   .. math::
     R = ⌈ max{ ln(δ T max{b², σ² δ} / (Δ L)), ln 8 } / δ ⌉.
@@ -822,7 +834,7 @@ def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
     13
 
   References:
-    [001] Huang, Chen, Yin, Yuan, Theorem 3. https://arxiv.org/abs/2206.03665
+    Huang et al. 2022, Theorem 3. https://arxiv.org/abs/2206.03665
   """
   owner = "neolithic_rounds"
   delta = checks.check_delta(delta, owner)
@@ -837,7 +849,7 @@ def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
 
 
 def fcc_error_bound(delta: float, R: int) -> float:
-  """FCC's error factor after R rounds (paper 001, Lemma 2).
+  """FCC's error factor after R rounds (Huang et al. 2022, Lemma 2).
 
   .. math::
     E‖v^R − v*‖² ≤ (1 − δ)^R ‖v*‖²,
@@ -857,7 +869,7 @@ def fcc_error_bound(delta: float, R: int) -> float:
     0.125
 
   References:
-    [001] Huang, Chen, Yin, Yuan, Lemma 2 (Alg. 1).
+    Huang et al. 2022, Lemma 2 (Alg. 1).
     https://arxiv.org/abs/2206.03665
   """
   owner = "fcc_error_bound"
@@ -866,10 +878,11 @@ def fcc_error_bound(delta: float, R: int) -> float:
   return (1.0 - delta) ** R
 
 
-# Paper 001, Table 1: transient complexity (gradient queries, or communication
-# rounds, before the σ/√(nT) term dominates), as (n, δ) -> count. Unbiased
-# rows are the contractive ones with δ = 1/(1 + ω) (Lemma 1 / Corollary 3):
-# n/δ² = n(1 + ω)². None: the table's "–" (no linear speed-up shown).
+# Huang et al. 2022, Table 1: transient complexity (gradient queries, or
+# communication rounds, before the σ/√(nT) term dominates), as (n, δ) -> count.
+# Unbiased rows are the contractive ones with δ = 1/(1 + ω) (Lemma 1 /
+# Corollary 3): n/δ² = n(1 + ω)². None: the table's "–" (no linear speed-up
+# shown).
 _TRANSIENT = {
     "lower_bound": lambda n, d: n / d**2,      # Thms 1–2, Cors 1–2
     "neolithic": lambda n, d: n / d**2,        # Thm 3, Cor 3
@@ -885,7 +898,7 @@ TRANSIENT_METHODS = tuple(_TRANSIENT)
 
 def transient_complexity(method: str, n: int, delta: float | None = None,
                          omega: float | None = None) -> float | None:
-  """Transient complexity of a method of paper 001, Table 1.
+  """Transient complexity of a method of Huang et al. 2022, Table 1.
 
   The number of gradient queries (or communication rounds) T before the
   linear-speedup term σ/√(nT) dominates the rate. Orders of magnitude only:
@@ -905,8 +918,9 @@ def transient_complexity(method: str, n: int, delta: float | None = None,
   ==================  =========================  ===========================
 
   Give δ (contractive compressors) or ω (unbiased ones). An ω is turned into
-  δ = 1/(1 + ω), the constant of the scaled compressor C/(1 + ω) (paper 001,
-  §2.3 and Cor. 3), so n/δ² = n(1 + ω)² as in the table's unbiased rows.
+  δ = 1/(1 + ω), the constant of the scaled compressor C/(1 + ω)
+  (Huang et al. 2022, §2.3 and Cor. 3), so n/δ² = n(1 + ω)² as in the table's
+  unbiased rows.
 
   Note: Table 1's LB rows attribute the contractive rate 1/(δT) to
   "Theorem 1+Corollary 1" and the unbiased rate (1 + ω)/T to "Theorem
@@ -930,7 +944,7 @@ def transient_complexity(method: str, n: int, delta: float | None = None,
     32.0
 
   References:
-    [001] Huang, Chen, Yin, Yuan, Table 1, Theorems 1–3, Corollaries 1–3.
+    Huang et al. 2022, Table 1, Theorems 1–3, Corollaries 1–3.
     https://arxiv.org/abs/2206.03665
   """
   owner = "transient_complexity"

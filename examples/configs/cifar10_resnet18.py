@@ -1,5 +1,6 @@
-"""CIFAR-10 ResNet-18 (paper 000 §5, paper 001 Table 2): set
-config.data_dir to the directory of the python batches (cifar-10-batches-py).
+"""CIFAR-10 ResNet-18 (Horváth & Richtárik 2021, §5; Huang et al. 2022,
+Table 2): set config.data_dir to the directory of the python batches
+(cifar-10-batches-py).
 
 8 workers, batch 128 per worker, SGD momentum 0.9, weight decay 5e-4,
 cosine schedule, crop + flip augmentation; BatchNorm statistics per worker.

@@ -1,4 +1,4 @@
-"""CIFAR-10 ResNet-20 (paper 001 Table 2)."""
+"""CIFAR-10 ResNet-20 (Huang et al. 2022, Table 2)."""
 
 from examples.configs import cifar10_resnet18
 

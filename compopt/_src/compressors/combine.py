@@ -38,7 +38,9 @@ class Identity(base.Compressor):
 
 @dataclasses.dataclass(frozen=True)
 class Bernoulli(base.Compressor):
-  """B_p(x) = x with probability p, else 0 (paper 002, footnote 2): class B(p).
+  """B_p(x) = x with probability p, else 0: class B(p).
+
+  Shulgin & Richtárik 2022, footnote 2.
 
   E‖B_p(x) − x‖² = (1 − p)‖x‖². The payload is the dense leaf, sent only when
   the coin comes up (on average p · ``wire_bits``; ``wire_bits`` counts the
@@ -72,7 +74,7 @@ def _split(key):
 
 @dataclasses.dataclass(frozen=True)
 class Induced(base.Compressor):
-  """C(x) = C1(x) + C2(x − C1(x)) (paper 000, Thm 3): class U(ω2(1 − δ1))."""
+  """C(x) = C1(x) + C2(x − C1(x)): class U(ω2(1 − δ1)) (Horváth & Richtárik 2021, Thm 3)."""
   c1: base.Compressor = None
   c2: base.Compressor = None
   name: str = "induced"
@@ -171,9 +173,9 @@ def identity() -> Identity:
 
 
 def bernoulli(p: float) -> Bernoulli:
-  """Bernoulli compressor B_p (paper 002, footnote 2): x with probability p,
-  else 0. Contractive, class B(p); B_p/p is unbiased, U(1/p − 1). Used by the
-  shift update of Rand-DIANA.
+  """Bernoulli compressor B_p (Shulgin & Richtárik 2022, footnote 2): x with
+  probability p, else 0. Contractive, class B(p); B_p/p is unbiased,
+  U(1/p − 1). Used by the shift update of Rand-DIANA.
 
   Args:
     p: probability in (0, 1] of sending x.
@@ -182,7 +184,7 @@ def bernoulli(p: float) -> Bernoulli:
 
 
 def induced(c1: base.Compressor, c2: base.Compressor) -> Induced:
-  """The induced compressor of paper 000 (Horváth & Richtárik, 2021), Thm 3.
+  """The induced compressor of Horváth & Richtárik 2021, Thm 3.
 
   C(x) = C1(x) + C2(x − C1(x)). For C1 ∈ B(δ1) and C2 ∈ U(ω2), C is unbiased
   and C ∈ U(ω2(1 − δ1)); ``omega`` reports that constant (None unless C1 has a
@@ -215,7 +217,7 @@ def scaled(c: base.Compressor, scale: float) -> Scaled:
 
 @dataclasses.dataclass(frozen=True)
 class FCC(_Wrapper):
-  """R rounds of compressed communication (paper 001, Alg. 1) as a compressor.
+  """R rounds of compressed communication as a compressor (Huang et al. 2022, Alg. 1).
 
   v⁰ = 0; for r < R: c^r = C(v* − v^r), v^{r+1} = v^r + c^r. The payload is the
   R payloads of the c^r (round r uses the key ``fold_in(key, r)``) and the
@@ -270,7 +272,7 @@ class FCC(_Wrapper):
 
 
 def fcc(c: base.Compressor, rounds: int) -> FCC:
-  """Fast compressed communication (paper 001, Alg. 1): R rounds of C.
+  """Fast compressed communication (Huang et al. 2022, Alg. 1): R rounds of C.
 
   Round r compresses what is still missing, c^r = C(v* − v^r), and the
   receiver adds the rounds up: v^R = Σ_r c^r. For C ∈ B(δ) the error falls

@@ -123,7 +123,8 @@ def sign() -> Sign:
 def scaled_sign() -> BlockSign:
   """(‖x‖₁/d)·sign(x) per leaf: class B(‖x‖₁²/(d‖x‖₂²)), at worst B(1/d).
 
-  The compressor of EF-SignSGD (paper 004, Alg. 1). Wire: d bits and one scale.
+  The compressor of EF-SignSGD (Karimireddy et al. 2019, Alg. 1). Wire: d bits
+  and one scale.
 
   References:
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
@@ -133,9 +134,9 @@ def scaled_sign() -> BlockSign:
 
 
 def block_sign(block_size: int | None = None) -> BlockSign:
-  """Block-Sign of COMP-AMS (paper 003, Def. 2): scaled sign on each block.
+  """Block-Sign of COMP-AMS (Li & Li 2022, Def. 2): scaled sign on each block.
 
-  Class B(min_i 1/d_i) over blocks of sizes d_i (paper 003, Remark 1).
+  Class B(min_i 1/d_i) over blocks of sizes d_i (Li & Li 2022, Remark 1).
 
   Args:
     block_size: coordinates per block within a leaf (the last block may be

@@ -397,10 +397,10 @@ def rand_k(k: int | None = None, *, ratio: float | None = None,
            shared: bool = False) -> RandK:
   """Rand-K: k coordinates drawn uniformly without replacement, scaled by d/k.
 
-  Class U(d/k − 1) (paper 002, eq. 2). Wire: k values and k indices, or the
-  values only when ``shared=True``: the positions then come from the key, which
-  every receiver must know (the communication layer passes a key common to all
-  workers), and ``decode`` needs that key.
+  Class U(d/k − 1) (Shulgin & Richtárik 2022, eq. 2). Wire: k values and k
+  indices, or the values only when ``shared=True``: the positions then come
+  from the key, which every receiver must know (the communication layer passes
+  a key common to all workers), and ``decode`` needs that key.
 
   Args:
     k: coordinates kept per leaf, 1 <= k <= leaf size.
@@ -434,8 +434,8 @@ def rand_k_wangni(k: int | None = None, *, ratio: float | None = None) -> RandKW
 
 
 def nu_rand_1() -> NuRand1:
-  """Non-uniform Rand-1 (paper 000 §5.5): one coordinate j drawn with
-  probability |x_j|/‖x‖₁ and sent as sign(x_j)‖x‖₁. Class U(d − 1).
+  """Non-uniform Rand-1 (Horváth & Richtárik 2021, §5.5): one coordinate j
+  drawn with probability |x_j|/‖x‖₁ and sent as sign(x_j)‖x‖₁. Class U(d − 1).
   Wire: one value and one index per leaf.
   """
   return NuRand1()

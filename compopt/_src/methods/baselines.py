@@ -47,7 +47,7 @@ def signsgd(
 
   Each worker sends one bit per coordinate (zeros are sent as +1) and a
   scale that is 1 (0 for an all-zero leaf). Biased; it can fail to converge
-  (paper 004 §3); see :func:`ef_signsgd`.
+  (Karimireddy et al. 2019, §3); see :func:`ef_signsgd`.
 
   Args:
     learning_rate: γ, a float or an optax schedule.
@@ -145,7 +145,9 @@ def scaled_signsgd(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Scaled signSGD (paper 004 §6): DCSGD with the layer-wise scaled sign.
+  r"""Scaled signSGD: DCSGD with the layer-wise scaled sign.
+
+  Karimireddy et al. 2019, §6.
 
   .. math::
 

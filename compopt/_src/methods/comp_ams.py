@@ -1,4 +1,4 @@
-"""COMP-AMS (paper 003, Alg. 2): error feedback on the workers, AMSGrad on
+"""COMP-AMS (Li & Li 2022, Alg. 2): error feedback on the workers, AMSGrad on
 the (replicated) server."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def scale_by_comp_ams(
     eps: float = 1e-8,
     mu_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""The server step of COMP-AMS (paper 003, Alg. 2 lines 13–16).
+  r"""The server step of COMP-AMS (Li & Li 2022, Alg. 2 lines 13–16).
 
   .. math::
 
@@ -141,7 +141,7 @@ def comp_ams(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""COMP-AMS (paper 003, Alg. 2): compressed gradients with error feedback,
+  r"""COMP-AMS (Li & Li 2022, Alg. 2): compressed gradients with error feedback,
   averaged and fed to AMSGrad on the server.
 
   .. math::

@@ -1,4 +1,5 @@
-"""DCSGD (paper 000, Alg. 1) and its building block ``compressed_mean``."""
+"""DCSGD (Horváth & Richtárik 2021, Alg. 1) and its building block
+``compressed_mean``."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def dcsgd(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Distributed compressed SGD (DCSGD), paper 000 Alg. 1.
+  r"""Distributed compressed SGD (DCSGD), Horváth & Richtárik 2021, Alg. 1.
 
   .. math::
 
@@ -132,9 +133,10 @@ def dcsgd(
   :math:`\Delta^k = \sum_{i\in S} \mathcal{C}(g_i^k)/(n p_i)`. With
   ``momentum`` β (the paper's §5.4 uses 0.9), the shared aggregate is
   accumulated as m ← βm + Δ and x ← x − ηm (``optax.trace``). For unbiased
-  compressors C ∈ U(ω) DCSGD converges without error feedback (000 Thm 4);
-  biased ones such as top_k can diverge (000 §5.5): use :func:`ef_sgd` or an
-  induced compressor (``compopt.compressors.induced``).
+  compressors C ∈ U(ω) DCSGD converges without error feedback
+  (Horváth & Richtárik 2021, Thm 4); biased ones such as top_k can diverge
+  (Horváth & Richtárik 2021, §5.5): use :func:`ef_sgd` or an induced
+  compressor (``compopt.compressors.induced``).
 
   Args:
     learning_rate: η, a float or an optax schedule.

@@ -132,7 +132,8 @@ def ef_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF-SGD / MEM-SGD: compressed SGD with error feedback.
 
-  Paper 000 Alg. 2 and paper 004 Alg. 2, on n workers:
+  Horváth & Richtárik 2021, Alg. 2, and Karimireddy et al. 2019, Alg. 2, on n
+  workers:
 
   .. math::
 
@@ -141,7 +142,7 @@ def ef_sgd(
     x \leftarrow x - \frac{1}{n}\sum_i \Delta_i.
 
   The step size is inside the compressed vector, so under a schedule this is
-  not "compress g, then scale". Invariant (004 Thm IV):
+  not "compress g, then scale". Invariant (Karimireddy et al. 2019, Thm IV):
   x_t − mean_i e_{t,i} = x_0 − Σ_s γ_s mean_i g_{s,i}.
 
   Args:
@@ -199,7 +200,9 @@ def ef_signsgd(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""EF-SignSGD (paper 004 Alg. 1): :func:`ef_sgd` with the scaled sign.
+  r"""EF-SignSGD: :func:`ef_sgd` with the scaled sign.
+
+  Karimireddy et al. 2019, Alg. 1.
 
   .. math::
 

@@ -1,4 +1,4 @@
-"""NEOLITHIC (paper 001, Alg. 2): error feedback on workers and server with
+"""NEOLITHIC (Huang et al. 2022, Alg. 2): error feedback on workers and server with
 R rounds of compressed communication (FCC) each way."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def neolithic(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""NEOLITHIC (paper 001, Alg. 2), uni- or bidirectional.
+  r"""NEOLITHIC (Huang et al. 2022, Alg. 2), uni- or bidirectional.
 
   .. math::
 

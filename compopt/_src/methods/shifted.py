@@ -1,5 +1,5 @@
-"""Shifted compression (paper 002): DCGD-SHIFT with fixed, optimal (star),
-DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
+"""Shifted compression (Shulgin & Richtárik 2022): DCGD-SHIFT with fixed,
+optimal (star), DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def _unbiased_omega(compressor, updates, owner, name="compressor") -> float:
   if omega is None:
     raise ValueError(
         f"{owner}: `{name}` must be unbiased (class U(ω)) for shifted compression"
-        f" (paper 002 Alg. 1); {compressor.name} has no ω. Put a biased compressor"
-        " in `shift_compressor` instead")
+        f" (Shulgin & Richtárik 2022, Alg. 1); {compressor.name} has no ω. Put a"
+        " biased compressor in `shift_compressor` instead")
   return omega
 
 
@@ -69,7 +69,9 @@ def shifted_compression(
     shift_dtype=jnp.float32,
     scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""The shifted gradient estimator of DCGD-SHIFT (paper 002, Alg. 1).
+  r"""The shifted gradient estimator of DCGD-SHIFT.
+
+  Shulgin & Richtárik 2022, Alg. 1.
 
   Each worker sends m_i = Q(g_i − h_i); every worker gets the same estimator
 
@@ -90,9 +92,10 @@ def shifted_compression(
     ``shift_compressor`` and ``compressor`` applied to g_i − h*_i.
   * ``"diana"`` (eq. 10, eq. 11 without C_i): with c_i = C_i(g_i − h_i) and
     m_i = Q(g_i − h_i − c_i), worker i sends c_i + m_i (the induced compressor,
-    paper 002 footnote 1; just m_i = Q(g_i − h_i) when C_i ≡ 0), the estimator
-    is g = h + mean_i(c_i + m_i), and h_i ← h_i + α(c_i + m_i),
-    h ← h + α mean_i(c_i + m_i): no traffic beyond the messages.
+    Shulgin & Richtárik 2022, footnote 1; just m_i = Q(g_i − h_i) when
+    C_i ≡ 0), the estimator is g = h + mean_i(c_i + m_i), and
+    h_i ← h_i + α(c_i + m_i), h ← h + α mean_i(c_i + m_i): no traffic beyond
+    the messages.
   * ``"rand_diana"`` (eq. 12): h_i = ∇f_i(w_i), where with probability p the
     reference point w_i moves to the current x, i.e. h_i ← g_i (the gradient
     just computed). The refreshing workers send g_i − h_i uncompressed (counted
@@ -234,7 +237,9 @@ def dcgd_shift(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""DCGD-SHIFT (paper 002, Alg. 1): x ← x − γ(h + mean_i Q(g_i − h_i)).
+  r"""DCGD-SHIFT: x ← x − γ(h + mean_i Q(g_i − h_i)).
+
+  Shulgin & Richtárik 2022, Alg. 1.
 
   .. math::
 
@@ -308,7 +313,7 @@ def diana(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""DIANA (Mishchenko et al., 2019), generalized as in paper 002, eq. 10.
+  r"""DIANA (Mishchenko et al., 2019), generalized (Shulgin & Richtárik 2022, eq. 10).
 
   .. math::
 
@@ -371,7 +376,7 @@ def rand_diana(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Rand-DIANA (paper 002, eq. 12 and Thm 4).
+  r"""Rand-DIANA (Shulgin & Richtárik 2022, eq. 12 and Thm 4).
 
   .. math::
 
@@ -435,7 +440,9 @@ def gdci(
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Gradient descent with compressed iterates (GDCI, paper 002 §3.3, eq. 13).
+  r"""Gradient descent with compressed iterates (GDCI).
+
+  Shulgin & Richtárik 2022, §3.3, eq. 13.
 
   .. math::
 
