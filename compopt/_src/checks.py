@@ -104,6 +104,16 @@ def check_delta(value, owner: str, name: str = "delta") -> float:
   return check_real(value, name, owner, lo=0.0, hi=1.0, lo_open=True)
 
 
+def _as_float(value, name: str, owner: str, allowed: str) -> float:
+  """``float(value)`` of a number (also a NumPy or JAX scalar), else a TypeError."""
+  if isinstance(value, (bool, str, bytes)):
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}")
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}") from None
+
+
 def check_interval(value, name: str, owner: str, low: float, high: float, *,
                    low_open: bool = False, high_open: bool = False,
                    allow_none: bool = False):
@@ -120,12 +130,7 @@ def check_interval(value, name: str, owner: str, low: float, high: float, *,
     return None
   if is_traced(value):
     return value
-  if isinstance(value, (bool, str, bytes)):
-    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}")
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{owner}: `{name}` must be {allowed}; got {value!r}") from None
+  v = _as_float(value, name, owner, allowed)
   ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
   if not ok:
     raise ValueError(f"{owner}: `{name}` must be {range_}; got {value!r}")
@@ -137,12 +142,7 @@ def check_learning_rate(value, owner: str):
   if callable(value) or is_traced(value):
     return value
   allowed = "a finite number >= 0 or an optax schedule (a callable of the step)"
-  if isinstance(value, (bool, str, bytes)):
-    raise TypeError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}")
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}") from None
+  v = _as_float(value, "learning_rate", owner, allowed)
   if not (np.isfinite(v) and v >= 0):
     raise ValueError(f"{owner}: `learning_rate` must be {allowed}; got {value!r}")
   return value

@@ -286,8 +286,7 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   n, i = axis_info(axis_name, owner)
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
-  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
-  del member
+  _, weights, _ = _weights(sampling, sample_key, n, i, owner)
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
