@@ -1,6 +1,8 @@
 """COMP-AMS (Li & Li 2022, Alg. 2) against a NumPy transcription, optax.amsgrad
 and the error-feedback telescoping identity."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,6 +86,25 @@ def test_optax_amsgrad_option_equals_optax(eps):
     ub, sb = ref.update(jnp.asarray(g[t, 0]), sb, xb)
     xa, xb = optax.apply_updates(xa, ua), optax.apply_updates(xb, ub)
     np.testing.assert_allclose(np.asarray(xa), np.asarray(xb), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-2])
+def test_server_step_is_optax_amsgrad_without_bias_correction(eps):
+  """The paper's server step m/√(v̂ + ε) is optax.scale_by_amsgrad with bias
+  correction off, ε = 0 and ε_root = ε (optax >= 0.2.7), in float32."""
+  if "bias_correction_mu" not in inspect.signature(optax.scale_by_amsgrad).parameters:
+    pytest.skip("optax < 0.2.7 has no bias_correction_mu")
+  b1, b2 = 0.8, 0.95
+  g = _grads(10, 1, 6, seed=2)
+  ours = compopt.scale_by_comp_ams(b1=b1, b2=b2, eps=eps)
+  ref = optax.scale_by_amsgrad(b1=b1, b2=b2, eps=0.0, eps_root=eps,
+                               bias_correction_mu=False, bias_correction_nu=False)
+  sa, sb = ours.init(jnp.zeros(6)), ref.init(jnp.zeros(6))
+  for t in range(10):
+    ua, sa = ours.update(jnp.asarray(g[t, 0]), sa)
+    ub, sb = ref.update(jnp.asarray(g[t, 0]), sb)
+    np.testing.assert_allclose(np.asarray(ua), np.asarray(ub), rtol=2e-6, atol=1e-7)
+  np.testing.assert_allclose(sa.nu_max, sb.nu_max, rtol=2e-6)
 
 
 def _error_and_server(state):

@@ -253,6 +253,39 @@ def test_methods_take_every_scheme(make):
     assert compopt.comm_bits(state).uplink[0] > 0
 
 
+def test_identity_honours_two_phase_with_a_server_compressor():
+  """P-SGD's dense mean goes through two_phase too: each owner keeps the
+  top-1 of its chunk of mean_i g_i (no residual yet on the first step)."""
+  g = _grads(seed=8)
+  opt = compopt.psgd(1.0, axis_name="w", scheme=X.two_phase(C.top_k(k=1)))
+  (u,), state = _run(opt, g)
+  mean = _flat(g).mean(0)
+  want = np.zeros(13)
+  for j in range(0, 16, 4):
+    chunk = mean[j:j + 4]
+    keep = np.argmax(np.abs(chunk))
+    want[j + keep] = chunk[keep]
+  np.testing.assert_allclose(-_flat(u)[0], want, rtol=1e-6, atol=1e-7)
+  mean_state = [s for s in state if isinstance(s, compopt.CompressedMeanState)][0]
+  assert mean_state.scheme_state.server_error.shape == (N, 13)  # one flat vector
+
+
+def test_a_linear_payload_is_summed_before_decoding():
+  """The exchange reads a capability, not a compressor type: a compressor
+  built on shared rand_k (through ``scaled``) declares a linear payload and is
+  averaged as payloads: the same positions on every worker, λ·(d/k)·mean."""
+  comp = C.scaled(C.rand_k(3, shared=True), 0.5)
+  assert comp.linear_payload and not C.scaled(C.rand_k(3), 0.5).linear_payload
+  g = _grads(seed=9)
+  (u,), _ = _run(compopt.dcsgd(1.0, compressor=comp, axis_name="w"), g)
+  for name, leaf in g.items():
+    out = -np.asarray(u[name][0]).reshape(-1)
+    support = np.flatnonzero(out)
+    assert len(support) == 3
+    want = 0.5 * leaf[0].size / 3 * np.asarray(leaf).reshape(N, -1).mean(0)[support]
+    np.testing.assert_allclose(out[support], want, rtol=1e-5)
+
+
 # ----------------------------------------------------------------- HLO bytes
 
 
@@ -275,6 +308,15 @@ def test_compiled_collective_bytes_equal_the_model(scheme):
   else:
     want = scheme.bytes_per_worker(payload, 4 * d, n)
   assert got == pytest.approx(want)
+
+
+def test_a_linear_payload_is_one_all_reduce_of_its_bytes():
+  n, d = 8, 4096
+  comp = C.scaled(C.rand_k(64, shared=True), 0.5)
+  for scheme in (X.allgather(), X.allreduce(), X.auto()):
+    per_kind = wire.exchange_hlo_bytes(comp, scheme,
+                                       {"w": jax.ShapeDtypeStruct((d,), jnp.float32)}, n)
+    assert per_kind == {"all-reduce": comp.wire_bits((d,), jnp.float32) // 8}
 
 
 @pytest.mark.parametrize("comp", [C.qsgd(4), C.natural_dithering(3), C.sign(), C.terngrad(),
