@@ -1,10 +1,9 @@
 """The optimizer of a run: a compopt method and compressor chosen by config,
 chained with the usual optax pieces (weight decay, schedule, momentum).
 
-``config.method`` names a compopt method (``psgd``, ``dcsgd``, ``ef_sgd``,
-``ef_signsgd``, ``signsgd``, ``signum``, ``scaled_signsgd``, ``ef21``,
-``double_squeeze``, ``diana``, ``rand_diana``, ``dcgd_shift``, ``gdci``,
-``comp_ams``, ``neolithic``); ``config.compressor`` is a compressor
+``config.method`` names a compopt method (any public function of ``compopt``
+whose first argument is the learning rate: ``psgd``, ``dcsgd``, ``ef_sgd``,
+``diana``, ``comp_ams``, ``neolithic`` ...); ``config.compressor`` is a compressor
 expression over ``compopt.compressors``, e.g. ``"top_k(ratio=0.05)"`` or
 ``"induced(top_k(ratio=0.025), rand_k_wangni(ratio=0.025))"``;
 ``config.method_kwargs`` holds the method's other arguments (``alpha``,
@@ -21,9 +20,18 @@ import optax
 import compopt
 from compopt import compressors as cc
 
-METHODS = ("psgd", "dcsgd", "ef_sgd", "ef_signsgd", "signsgd", "signum", "scaled_signsgd",
-           "ef21", "double_squeeze", "diana", "rand_diana", "dcgd_shift", "gdci",
-           "comp_ams", "neolithic")
+
+
+def _is_method(name: str) -> bool:
+  fn = getattr(compopt, name)
+  if not inspect.isfunction(fn):
+    return False
+  params = list(inspect.signature(fn).parameters)
+  return bool(params) and params[0] == "learning_rate"
+
+
+# compopt's methods, read off its public API rather than listed again here.
+METHODS = tuple(sorted(name for name in compopt.__all__ if _is_method(name)))
 
 # Named setups: each is a partial config (label, method, compressor, step size).
 # K = 5% of the coordinates for the sparsifiers, as in
