@@ -27,7 +27,7 @@ worker's link in bytes/s, the time of one step is::
 and the speedup of (C, scheme) is T_dense / T(C, scheme, n); the best scheme
 of a compressor is the one with the smallest T at that n and network.
 ``T_comm`` is ``scheme.seconds(P, D, n, network, server_payload_bytes=P)`` of
-:mod:`compopt._src.exchange` (``--topology tree`` swaps in its recursive
+:mod:`compopt.exchange` (``--topology tree`` swaps in its recursive
 doubling/halving and Bruck formulas: ⌈log2 n⌉ steps instead of n − 1).
 
 * ``allgather``: every worker sends its payload and receives the n − 1 others,

@@ -154,10 +154,10 @@ def reshard_state(state, n: int):
                                                            (Thm IV), so the pending
                                                            correction is applied in
                                                            full
-    DoubleSqueezeState        worker_error δ_i (also       δ'_j = mean_i δ_i (same
-                              NEOLITHIC)                   reason); the server's δ
+    DoubleSqueezeEstimator-   worker_error δ_i (also       δ'_j = mean_i δ_i (same
+    State                     NEOLITHIC)                   reason); the server's δ
                                                            is replicated
-    EF21State                 local g_i                    g'_j = g (shared): keeps
+    EF21EstimatorState        local g_i                    g'_j = g (shared): keeps
                                                            g = mean_j g'_j
     ShiftedCompressionState   shift h_i (DIANA,            h'_j = h (mean_shift):
                               Rand-DIANA)                  keeps h = mean_j h'_j;
