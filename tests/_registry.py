@@ -11,6 +11,8 @@ Every public method of compopt (a public function whose first parameter is
 
 import inspect
 
+import pytest
+
 import compopt
 from compopt import compressors as C
 
@@ -52,11 +54,20 @@ METHODS = {
 # in test_shifted.py). gdci compresses the iterates, so its update needs params.
 NEEDS_PARAMS = {"gdci"}
 NAMES = sorted(METHODS)
+# One entry per family, for the default run of the costly checks (each compiles
+# several programs per method); the other entries run under `pytest -m slow`.
+FAST = ("psgd", "dcsgd_shared_rand_k_nice", "ef_sgd", "diana", "comp_ams", "double_squeeze")
 # Arguments that optax.inject_hyperparams must keep static: compressors and
 # samplings are callable or objects, and validated structural numbers would
 # otherwise become arrays.
 STATIC_ARGS = ("compressor", "sampling", "shift_compressor", "server_compressor", "rounds",
                "p", "eta")
+
+
+def params() -> list:
+  """Every entry as a pytest parameter, those outside :data:`FAST` marked slow."""
+  return [pytest.param(name, marks=() if name in FAST else pytest.mark.slow, id=name)
+          for name in NAMES]
 
 
 def kwargs(name: str, n: int = 1) -> dict:

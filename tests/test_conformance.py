@@ -58,7 +58,7 @@ def test_jit_does_not_retrace(name):
   chex.assert_tree_all_finite(params)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())
 def test_extra_args_are_tolerated(name):
   opt = _make(name)
   params = _params()
@@ -95,7 +95,7 @@ def test_init_on_shape_dtype_struct(name):
   chex.assert_trees_all_equal_shapes_and_dtypes(abstract, concrete)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())
 def test_inside_multi_steps(name):
   k = 2
   multi = optax.MultiSteps(_make(name), every_k_schedule=k)
@@ -197,7 +197,7 @@ def test_n_workers_state_is_stable_and_params_stay_replicated(name):
   assert min(compopt.comm_bits(states[-1]).downlink) > 0
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())
 def test_n_workers_allreduce_scheme_gives_the_allgather_numbers(name):
   default, _ = _run_workers(_make(name, axis_name=AXIS, n=N_WORKERS), steps=2)
   allreduce, _ = _run_workers(_make(name, axis_name=AXIS, n=N_WORKERS, scheme="allreduce"),

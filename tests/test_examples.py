@@ -223,8 +223,7 @@ def test_big_models_build_and_trace_a_step(model, sync, num_params):
   assert losses.shape == (2, 1)
 
 
-@pytest.mark.skipif(not os.environ.get("COMPOPT_SLOW_TESTS"),
-                    reason="slow: compiles ResNet-18 and VGG-11 on CPU; set COMPOPT_SLOW_TESTS=1")
+@pytest.mark.slow  # compiles ResNet-18 and VGG-11 on CPU (ResNet-20 runs by default)
 @pytest.mark.parametrize("model,sync", [("resnet18", False), ("vgg11", True)])
 def test_big_models_one_step(model, sync):
   _, (state, losses, _) = cifar_step(model, sync)
@@ -278,7 +277,8 @@ def compile_cache(tmp_path):
 
 
 @pytest.mark.parametrize("model,method,compressor,kwargs", [
-    ("cnn", "ef_sgd", "top_k(ratio=0.1)", {}),  # dropout: the workers' keys matter
+    # dropout: the workers' keys matter (the CNN compiles slowly)
+    pytest.param("cnn", "ef_sgd", "top_k(ratio=0.1)", {}, marks=pytest.mark.slow),
     ("mlp", "neolithic", "top_k(ratio=0.1)", {"rounds": 2}),  # MultiSteps, FCC errors
 ])
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, compile_cache, model, method,

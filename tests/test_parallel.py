@@ -29,7 +29,7 @@ def _problem():
   return params, batch
 
 
-@pytest.mark.parametrize("name", registry.NAMES)
+@pytest.mark.parametrize("name", registry.params())
 def test_vmap_pmap_shard_map_agree(name):
   opt = registry.make(name, axis_name=AXIS, n=N)
   params, batch = _problem()

@@ -1,4 +1,5 @@
-"""The paper reproductions (benchmarks/reproduce) run end to end in --fast mode.
+"""The paper reproductions (benchmarks/reproduce) run end to end in --fast mode
+(all of them under `pytest -m slow`, the quickest one by default).
 
 A claim of a paper that does not reproduce is a FAIL row in results.md and
 makes the runner exit 1; that is a finding, not a broken build. This test
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png",
            "induced_mnist.png", "comp_ams_mnist.png")
@@ -17,19 +20,36 @@ PAPERS = ("Horváth & Richtárik 2021", "Huang et al. 2022", "Shulgin & Richtár
           "Karimireddy et al. 2019")
 
 
-def test_reproduce_fast(tmp_path):
+def _reproduce(tmp_path, *only):
+  """Runs the reproductions in --fast mode; returns (exit status, result rows)."""
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)          # one host device is enough (and faster)
   env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.reproduce", "--fast", "--out", str(tmp_path)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  cmd = [sys.executable, "-m", "benchmarks.reproduce", "--fast", "--out", str(tmp_path)]
+  if only:
+    cmd += ["--only", *only]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode in (0, 1), proc.stderr[-3000:]
+  assert (tmp_path / "results.md").exists(), proc.stderr[-3000:]
   results = (tmp_path / "results.md").read_text()
   assert "experiment crashed" not in results, results
-  for name in FIGURES:
-    assert (tmp_path / name).stat().st_size > 1000, name
   rows = [l for l in results.splitlines() if l.startswith(tuple(f"| {p} " for p in PAPERS))]
-  assert len(rows) >= 10
   assert all(l.rstrip().endswith(("| PASS |", "| FAIL |", "| INFO |")) for l in rows)
   # exit status agrees with the table
   assert (proc.returncode == 1) == any(l.rstrip().endswith("| FAIL |") for l in rows)
+  return proc.returncode, rows
+
+
+@pytest.mark.slow
+def test_reproduce_fast(tmp_path):
+  _, rows = _reproduce(tmp_path)
+  for name in FIGURES:
+    assert (tmp_path / name).stat().st_size > 1000, name
+  assert len(rows) >= 10
+
+
+def test_reproduce_one_experiment(tmp_path):
+  """The runner end to end on its quickest experiment (the Top-1 counterexample)."""
+  _, rows = _reproduce(tmp_path, "top1")
+  assert (tmp_path / "top1_counterexample.png").stat().st_size > 1000
+  assert len(rows) == 4 and all(r.startswith("| Horváth & Richtárik 2021 §5.5") for r in rows)
