@@ -170,8 +170,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   """
   if not isinstance(scheme, schemes.Scheme):
     raise TypeError(f"{owner}: exchange needs a resolved scheme; got {scheme!r}")
-  n, i = axis_info(axis_name, owner)
-  leaves = jax.tree.leaves(tree)
+  n, _ = axis_info(axis_name, owner)
   if axis_name is not None and isinstance(scheme, schemes.TwoPhase):
     return _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
                       return_own)
@@ -180,7 +179,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
     return out._replace(state=state)
   if axis_name is not None and isinstance(scheme, schemes.Auto):
     payload_bytes = ctree.tree_wire_bits(compressor, tree) / 8
-    dense_bytes = 4 * sum(l.size for l in leaves)
+    dense_bytes = 4 * sum(l.size for l in jax.tree.leaves(tree))
     scheme = scheme.choose(payload_bytes, dense_bytes, n)
   if axis_name is not None and isinstance(scheme, schemes.AllReduce):
     out = _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own)
@@ -264,7 +263,8 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
       sent = counters.CommBits(counters.const64(nbits), counters.const64((n - 1) * nbits))
     else:
       member_i = member.astype(jnp.int32)
-      sent = counters.CommBits(counters.mul64(member_i, nbits), counters.mul64(m_members - member_i, nbits))
+      sent = counters.CommBits(counters.mul64(member_i, nbits),
+                               counters.mul64(m_members - member_i, nbits))
   payloads = wire.unpack(gathered, spec)
   dec_key = compress_key if shared else None
   if jax.tree.leaves(payloads):
@@ -347,11 +347,12 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
       wire.unpack(received, spec))
   m = _weighted_sum(decoded, weights)  # this owner's chunk of the aggregate, f32
   if member is None:
-    sent = counters.CommBits(counters.const64((n - 1) * nbytes * 8), counters.const64((n - 1) * nbytes * 8))
+    row_bits = counters.const64((n - 1) * nbytes * 8)
+    sent = counters.CommBits(row_bits, row_bits)
   else:
     member_i = member.astype(jnp.int32)
     sent = counters.CommBits(counters.mul64(member_i * (n - 1), nbytes * 8),
-                    counters.mul64(m_members - member_i, nbytes * 8))
+                             counters.mul64(m_members - member_i, nbytes * 8))
 
   # Phase 2: the owners' chunks to everyone, re-compressed or dense.
   server = scheme.server_compressor
@@ -378,7 +379,8 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
     s_all = wire.unpack(lax.all_gather(s_buf, axis_name), s_spec)
     s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
     gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
-  sent = counters.add_bits(sent, counters.CommBits(counters.const64(sbytes * 8), counters.const64((n - 1) * sbytes * 8)))
+  sent = counters.add_bits(sent, counters.CommBits(counters.const64(sbytes * 8),
+                                                   counters.const64((n - 1) * sbytes * 8)))
   mean = _unflat(gathered.astype(ACCUMULATION_DTYPE).reshape(-1), leaves, treedef,
                  ACCUMULATION_DTYPE)
 
@@ -427,6 +429,7 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
     summed = _psum_packed(own, axis_name)
     member_i = member.astype(jnp.int32)
     others = jnp.sum(mask.astype(jnp.int32)) - member_i
-    sent = counters.CommBits(counters.mul64(member_i, dense_bits), counters.mul64(others, dense_bits))
+    sent = counters.CommBits(counters.mul64(member_i, dense_bits),
+                             counters.mul64(others, dense_bits))
   mean = [s.astype(ACCUMULATION_DTYPE) / n for s in summed]
   return Exchanged(treedef.unflatten(mean), treedef.unflatten(own), sent, None)
