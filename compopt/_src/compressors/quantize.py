@@ -125,9 +125,12 @@ def _norm(x, p, ct=None):
   overflow for large entries.
 
   The 2-norm is one pass, sqrt(Σ x²), unless Σ x² overflowed, underflowed
-  into the subnormals or met inf/NaN; then the scaled form is computed. The
-  cond takes ``x`` itself, not its upcast copy, so nothing is written to
-  memory on the fast path.
+  into the subnormals or met inf/NaN; then the scaled form is computed. On a
+  CPU a cond skips the scaled form when it is not needed; the cond takes
+  ``x`` itself, not its upcast copy, so nothing is written to memory on the
+  fast path. On other backends both forms are computed and a select picks
+  the same one (a cond would copy its predicate to the host there; see
+  :func:`fusion.per_backend`).
   """
   ct = x.dtype if ct is None else ct
   if p != 2:
@@ -137,8 +140,15 @@ def _norm(x, p, ct=None):
   sumsq = jnp.sum(jnp.square(x.astype(ct)))
   tiny = jnp.finfo(ct).tiny
   plain = jnp.isfinite(sumsq) & ((sumsq >= tiny * 2.0**24) | (sumsq == 0))
-  return jax.lax.cond(plain, lambda x: jnp.sqrt(sumsq),
-                      lambda x: _scaled_norm2(x.astype(ct)), x)
+
+  def cpu(x):
+    return jax.lax.cond(plain, lambda x: jnp.sqrt(sumsq),
+                        lambda x: _scaled_norm2(x.astype(ct)), x)
+
+  def default(x):
+    return jnp.where(plain, jnp.sqrt(sumsq), _scaled_norm2(x.astype(ct)))
+
+  return fusion.per_backend(cpu, default, x)
 
 
 @dataclasses.dataclass(frozen=True)

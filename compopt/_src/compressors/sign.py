@@ -38,16 +38,25 @@ class Sign(base.Compressor):
   def _encode(self, key, x):
     del key
     ct = base.compute_dtype(x.dtype)
-    # One reduction: ‖x‖₁ is finite for finite x unless it overflowed, and
-    # only then is the input checked element by element.
+    # On a CPU, one reduction: ‖x‖₁ is finite for finite x unless it
+    # overflowed, and only then is the input checked element by element. On
+    # other backends, and for small leaves, the check is a second reduction
+    # that XLA fuses with the first (an inf or NaN in x makes ‖x‖₁ inf or
+    # NaN, so both ways give the same value).
     l1 = fusion.isolated(lambda v: jnp.sum(jnp.abs(v.astype(ct))), x)
+
+    def all_finite(v):
+      return jnp.all(jnp.isfinite(v))
+
     if x.size < fusion.ISOLATE_MIN:
-      finite = jnp.all(jnp.isfinite(x))
+      finite = all_finite(x)
     else:
-      # (v[:0]: an empty, always-true check that varies with x like the other
-      # branch, as shard_map's type check wants.)
-      finite = jax.lax.cond(jnp.isfinite(l1), lambda v: jnp.all(jnp.isfinite(v[:0])),
-                            lambda v: jnp.all(jnp.isfinite(v)), x)
+      def checked_on_overflow(v):
+        # (v[:0]: an empty, always-true check that varies with x like the
+        # other branch, as shard_map's type check wants.)
+        return jax.lax.cond(jnp.isfinite(l1), lambda v: all_finite(v[:0]), all_finite, v)
+
+      finite = fusion.per_backend(checked_on_overflow, all_finite, x)
     scale = jnp.where(finite, jnp.where(l1 == 0, 0, 1), jnp.nan).astype(ct)
     return {"signs": wire.pack_bits(x < 0), "scale": scale}
 
