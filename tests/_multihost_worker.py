@@ -66,6 +66,8 @@ def run_all(mesh):
     out[name + "_w"] = p["w"]
     out[name + "_b"] = p["b"]
     out[name + "_skipped"] = s[-1].skipped
+    # comm_bits reads this process's workers: (local workers, 3) host ints
+    out[name + "_bits"] = np.array(compopt.comm_bits(s), np.int64).T
   return out
 
 

@@ -70,15 +70,16 @@ def test_comm_bits_finds_counters_in_nested_optax_states():
       optax.add_decayed_weights(1e-4), ef(learning_rate=0.1, compressor=C.top_k(1))),
       every_k_schedule=1)
   state = opt.init({"w": jnp.zeros(4)})
-  assert compopt.comm_bits(state) == (0, 0)
-  big = counters.CommBits(counters.const64(2**40 + 5), counters.const64(3 * 2**33))
+  assert compopt.comm_bits(state) == (0, 0, 0)
+  big = counters.CommBits(counters.const64(2**40 + 5), counters.const64(3 * 2**33),
+                          counters.const64(7))
   state = jax.tree.map(lambda x: x, state)  # copy
   found = [l for l in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, counters.CommBits))
            if isinstance(l, counters.CommBits)]
   assert len(found) == 1
   state = jax.tree.map(lambda x: big if isinstance(x, counters.CommBits) else x, state,
                        is_leaf=lambda x: isinstance(x, counters.CommBits))
-  assert compopt.comm_bits(state) == (2**40 + 5, 3 * 2**33)
+  assert compopt.comm_bits(state) == (2**40 + 5, 3 * 2**33, 7)
   with pytest.raises(ValueError, match="no CommBits counter"):
     compopt.comm_bits(optax.sgd(0.1).init(jnp.zeros(2)))
 
@@ -103,8 +104,10 @@ def test_bits_are_the_payload_bytes_all_gather():
   # 150 f32 values + 150 uint16 indices, then 1 value + 1 uint8 index
   assert wire == 150 * (32 + 16) + 1 * (32 + 8)
   bits = compopt.comm_bits(state)
-  assert bits.uplink == [3 * wire] * n
+  # a ring all-gather: each worker sends its payload and forwards n − 2 others
+  assert bits.uplink == [3 * (n - 1) * wire] * n
   assert bits.downlink == [3 * (n - 1) * wire] * n
+  assert bits.payload == [3 * wire] * n
 
 
 def test_bits_dense_all_reduce_follow_the_ring_convention():
@@ -112,25 +115,27 @@ def test_bits_dense_all_reduce_follow_the_ring_convention():
   _, _, state = _stacked_run(compopt.psgd(0.1, axis_name=AXIS), n, tree, 2)
   dense = 30 * 32 + 3 * 16
   ring = 2 * (n - 1) * dense // n  # 2(n − 1)/n × the dense bits, each way
-  assert compopt.comm_bits(state) == ([2 * ring] * n, [2 * ring] * n)
+  assert compopt.comm_bits(state) == ([2 * ring] * n, [2 * ring] * n, [2 * dense] * n)
   c = C.rand_k(3, shared=True)  # values only
   _, _, state = _stacked_run(compopt.dcsgd(0.1, compressor=c, axis_name=AXIS), n, tree)
   values = 3 * 32 + 3 * 16
   assert C.tree_wire_bits(c, tree) == values
   assert compopt.comm_bits(state).uplink == [2 * (n - 1) * values // n] * n
+  assert compopt.comm_bits(state).payload == [values] * n
 
 
-def test_bits_with_partial_participation_count_members_only():
+def test_bits_with_partial_participation_count_members_payloads():
   n, tree = 8, {"w": jnp.zeros(40)}
   c = C.top_k(4)
   wire = C.tree_wire_bits(c, tree)
   opt = compopt.dcsgd(0.1, compressor=c, axis_name=AXIS, sampling=compopt.sampling.nice(3))
   g, u, state = _stacked_run(opt, n, tree)
-  up = np.array(compopt.comm_bits(state).uplink)
-  down = np.array(compopt.comm_bits(state).downlink)
-  member = up > 0
-  assert member.sum() == 3 and set(up.tolist()) == {0, wire}
-  np.testing.assert_array_equal(down, (3 - member) * wire)
+  bits = compopt.comm_bits(state)
+  payload = np.array(bits.payload)
+  member = payload > 0
+  assert member.sum() == 3 and set(payload.tolist()) == {0, wire}
+  # non-members send zero buffers of the same size: the wire carries them all
+  assert bits.uplink == bits.downlink == [(n - 1) * wire] * n
   # the aggregate: Σ_{i∈S} C(g_i)/(n p_i) with p_i = τ/n, computed in NumPy
   gw = np.asarray(g["w"])
   ref = np.zeros(40)

@@ -155,7 +155,7 @@ def test_without_error_feedback_sends_compressed_gradients():
     vh = np.maximum(vh, v)
     x = x - lr * m / np.sqrt(vh + 1e-8)
     np.testing.assert_allclose(xs[t], x, rtol=1e-4, atol=1e-5)
-  assert compopt.comm_bits(states[-1]).uplink == [
+  assert compopt.comm_bits(states[-1]).payload == [
       steps * C.top_k(k).wire_bits((d,), jnp.float32)] * n
 
 

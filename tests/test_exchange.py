@@ -204,9 +204,11 @@ def test_two_phase_bits_are_flat_in_n_and_match_the_payloads():
     chunk = 64 // n
     row_bits = comp.wire_bits((chunk,), jnp.float32)  # one chunk's payload
     bits = compopt.comm_bits(state)
-    # phase 1: n − 1 rows out and in; phase 2: own dense chunk out, n − 1 in
-    assert bits.uplink[0] == (n - 1) * row_bits + 32 * chunk
+    # phase 1: n − 1 rows out and in; phase 2: a ring all-gather of the dense
+    # chunks, n − 1 of them out (forwarded) and in
+    assert bits.uplink[0] == (n - 1) * row_bits + (n - 1) * 32 * chunk
     assert bits.downlink[0] == (n - 1) * row_bits + (n - 1) * 32 * chunk
+    assert bits.payload[0] == n * row_bits
 
 
 def test_two_phase_shard_map_matches_vmap():

@@ -1,6 +1,7 @@
 """Two processes on localhost (jax.distributed, gloo on CPU, 2 devices each)
 give the same numbers over a global 4-device mesh as one process with 4
-devices, including a step skipped for a NaN on the second process."""
+devices, including a step skipped for a NaN on the second process, and
+``comm_bits`` reads each process's own workers."""
 
 import os
 import socket
@@ -65,6 +66,9 @@ def test_two_processes_match_one_process(tmp_path):
   assert sorted(two) == sorted(one)
   for name in worker._methods():
     np.testing.assert_array_equal(two[name + "_skipped"], [1] * worker.N)
+    # each process read its own two workers' counters; together, all four
+    np.testing.assert_array_equal(two[name + "_bits"], one[name + "_bits"])
+    assert one[name + "_bits"].shape == (worker.N, 3) and one[name + "_bits"].min() > 0
     for leaf in ("w", "b"):
       a, b = two[f"{name}_{leaf}"], one[f"{name}_{leaf}"]
       assert np.all(np.isfinite(a))

@@ -119,8 +119,10 @@ def test_neolithic_top_k_matches_numpy_alg2():
     e = gs - out
     x = x - gamma * out
     np.testing.assert_allclose(got[t], x, rtol=1e-5, atol=1e-6)
-  up = compopt.comm_bits(states[-1]).uplink
-  assert up == [steps * R * C.top_k(k).wire_bits((d,), jnp.float32)] * n
+  bits = compopt.comm_bits(states[-1])
+  per_round = C.top_k(k).wire_bits((d,), jnp.float32)
+  assert bits.payload == [steps * R * per_round] * n
+  assert bits.uplink == [steps * R * (n - 1) * per_round] * n  # ring all-gather
 
 
 def _neolithic_problem():

@@ -97,7 +97,9 @@ def test_diana_bits_are_exactly_the_compressor_payload():
   _, state, *_ = _ridge_run("diana")
   per_step = _q().wire_bits((p.d,), jnp.float32)
   bits = compopt.comm_bits(state)
-  assert bits.uplink == [STEPS * per_step] * p.n
+  assert bits.payload == [STEPS * per_step] * p.n
+  # a ring all-gather: n − 1 payloads out (forwarded) and in per step
+  assert bits.uplink == [STEPS * per_step * (p.n - 1)] * p.n
   assert bits.downlink == [STEPS * per_step * (p.n - 1)] * p.n
 
 
@@ -108,18 +110,18 @@ def test_rand_diana_refresh_bits_average_p_dense_vectors():
   prob = theory.rand_diana_p(theory.omega(q, (p.d,)))
   payload = STEPS * q.wire_bits((p.d,), jnp.float32)
   dense = 32 * p.d  # a float32 shift refresh
-  up = np.asarray(compopt.comm_bits(state).uplink)
-  extra = up - payload
+  bits = compopt.comm_bits(state)
+  extra = np.asarray(bits.payload) - payload
   assert np.all(extra % dense == 0)
   refreshes = extra // dense  # per worker, Binomial(STEPS, p)
   draws = STEPS * p.n
   freq = refreshes.sum() / draws
   stderr = np.sqrt(prob * (1 - prob) / draws)
   assert abs(freq - prob) < 4 * stderr, (freq, prob)
-  # a worker receives the payload of every other worker and the refreshes of
-  # the others: total downlink = (n − 1)·(payload) + Σ_{j≠i} refreshes_j
-  down = np.asarray(compopt.comm_bits(state).downlink)
-  np.testing.assert_array_equal(down, (p.n - 1) * payload + (refreshes.sum() - refreshes) * dense)
+  # on the wire: a ring all-gather of the payloads, and every step a ring
+  # all-reduce of the zero-padded refreshes (2(n − 1)/n of the dense vector)
+  wire = (p.n - 1) * payload + STEPS * (2 * (p.n - 1) * dense // p.n)
+  assert bits.uplink == bits.downlink == [wire] * p.n
 
 
 def test_dcgd_fixed_with_zero_shifts_is_dcsgd():

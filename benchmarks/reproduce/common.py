@@ -101,8 +101,10 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
 
   Returns:
     dict with ``trace`` ({name: array (seeds, steps + 1)}), ``chunk_steps``
-    (step index at each chunk end, starting with 0), ``uplink``/``downlink``
-    (bits sent per worker, averaged over workers, array (seeds, chunks + 1)),
+    (step index at each chunk end, starting with 0), ``uplink`` (the bits of
+    a worker's compressed messages, ``comm_bits(...).payload``: what the
+    papers count as a worker's uplink) and ``downlink`` (bits received), per
+    worker, averaged over workers, arrays (seeds, chunks + 1),
     ``evals`` (list over chunk ends of eval_fn outputs) and ``params`` (final).
   """
   seeds = list(seeds)
@@ -151,7 +153,7 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
 
   def record():
     b = compopt.comm_bits(states)
-    up.append(np.asarray(b.uplink, dtype=float).reshape(len(seeds), n).mean(1))
+    up.append(np.asarray(b.payload, dtype=float).reshape(len(seeds), n).mean(1))
     down.append(np.asarray(b.downlink, dtype=float).reshape(len(seeds), n).mean(1))
     if eval_fn:
       evals.append(eval_fn(jax.tree.map(lambda a: np.asarray(a[:, 0]), params)))

@@ -31,17 +31,19 @@ collective. Methods never call a collective themselves: they call
   methods add to a :class:`compopt.CommBits` counter in their state) and the
   scheme's new state.
 
-Bit-accounting convention (per worker, per exchange):
+Bit accounting (per worker, per exchange; :class:`compopt.CommBits`). The
+up- and downlink count what the collectives' algorithms really move, so that
+they match a network interface's counters (up to the transport's framing):
 
-* all-gather: uplink = the worker's buffer bits if it is in S, else 0;
-  downlink = the buffer bits of the other members of S.
-* all-to-all (two_phase): the n − 1 chunk payloads sent to others up, the
-  n − 1 received down (members of S only, with sampling).
-* all-reduce (linear payloads, allreduce): a ring all-reduce over the n
-  workers of the axis moves ⌊2(n − 1)·D/n⌋ bits each way for a D-bit buffer.
-  Every worker of the axis takes part in the ring (non-members of S
-  contribute zeros), so this is counted for every worker.
-* ``axis_name=None``: nothing is sent.
+* all-gather (ring): every worker sends and receives (n − 1)·B for a B-bit
+  buffer (it forwards the others' buffers);
+* all-reduce (ring: reduce-scatter, then all-gather): ⌊2(n − 1)·B/n⌋ each way;
+* all-to-all (pairwise): the n − 1 rows for the others out, n − 1 rows in.
+
+With partial participation the non-members' buffers are zeros of the same
+size, so they cost the same on the wire. ``payload`` counts the bits of this
+worker's own compressed message (its C(x_i), 0 for a non-member), whatever
+the scheme: the per-worker count of the papers. ``axis_name=None``: nothing.
 """
 
 from __future__ import annotations
@@ -132,6 +134,22 @@ def any_worker(flag, axis_name, *, owner: str = "any_worker") -> jax.Array:
 
 def _ring_bits(n: int, dense_bits: int) -> int:
   return (2 * (n - 1) * dense_bits) // n
+
+
+def _as64(value) -> jax.Array:
+  return counters.const64(value) if isinstance(value, (int, np.integer)) else value
+
+
+def _moved(wire_bits: int, payload) -> counters.CommBits:
+  """A symmetric collective moving ``wire_bits`` each way (a static int) and
+  ``payload`` bits of this worker's own message (an int or a [hi, lo] pair)."""
+  w = counters.const64(wire_bits)
+  return counters.CommBits(w, w, _as64(payload))
+
+
+def _own_payload(member, bits: int):
+  """This worker's message bits: all of them, or none for a non-member."""
+  return bits if member is None else counters.mul64(member.astype(jnp.int32), bits)
 
 
 # -------------------------------------------------------------- the exchange
@@ -230,9 +248,8 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
     summed, sent = parts, counters.zero_bits()
   else:
     summed = _psum_packed(parts, axis_name)
-    bits = sum(p.size * np.dtype(p.dtype).itemsize * 8 for p in parts)
-    ring = counters.const64(_ring_bits(n, bits))
-    sent = counters.CommBits(ring, ring)
+    bits = wire.nbytes(parts) * 8
+    sent = _moved(_ring_bits(n, bits), _own_payload(member, bits))
   decoded = compressor.decode(payload_def.unflatten(summed), like, key=compress_key)
   mean = [d.astype(ACCUMULATION_DTYPE) / n for d in decoded]
   return Exchanged(treedef.unflatten(mean),
@@ -246,7 +263,7 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
   leaves, treedef = jax.tree.flatten(tree)
   like = _like(leaves)
   # Partial participation: S from the shared key, so all workers agree.
-  member, weights, m_members = _weights(sampling, sample_key, n, i, owner)
+  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
@@ -259,12 +276,7 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
     sent = counters.zero_bits()
   else:
     gathered = lax.all_gather(buf, axis_name)  # (n, B)
-    if sampling is None:
-      sent = counters.CommBits(counters.const64(nbits), counters.const64((n - 1) * nbits))
-    else:
-      member_i = member.astype(jnp.int32)
-      sent = counters.CommBits(counters.mul64(member_i, nbits),
-                               counters.mul64(m_members - member_i, nbits))
+    sent = _moved((n - 1) * nbits, _own_payload(member, nbits))
   payloads = wire.unpack(gathered, spec)
   dec_key = compress_key if shared else None
   if jax.tree.leaves(payloads):
@@ -286,7 +298,7 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   n, i = axis_info(axis_name, owner)
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
-  _, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
@@ -295,9 +307,9 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   contrib = [jnp.where(w > 0, o.astype(ACCUMULATION_DTYPE) * w, 0) for o in own]
   summed = _psum_packed(contrib, axis_name)
   dense_bits = sum(l.size for l in leaves) * 32
-  ring = counters.const64(_ring_bits(n, dense_bits))
+  sent = _moved(_ring_bits(n, dense_bits), _own_payload(member, wire.nbytes(payload) * 8))
   return Exchanged(treedef.unflatten(summed), treedef.unflatten(own) if return_own else None,
-                   counters.CommBits(ring, ring), None)
+                   sent, None)
 
 
 def _flat(leaves, dtype, total):
@@ -329,7 +341,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   chunk = schemes.chunk_size(size, n)  # c = ⌈D/n⌉, the vector padded to n·c
   rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
   row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
-  member, weights, m_members = _weights(sampling, sample_key, n, me, owner)
+  member, weights, _ = _weights(sampling, sample_key, n, me, owner)
 
   # Phase 1: C(x_i) chunk by chunk; chunk j goes to worker j.
   shared = compressor.decode_needs_key
@@ -346,13 +358,8 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   decoded = jax.vmap(lambda p: compressor.decode(p, row_like, key=my_key))(
       wire.unpack(received, spec))
   m = _weighted_sum(decoded, weights)  # this owner's chunk of the aggregate, f32
-  if member is None:
-    row_bits = counters.const64((n - 1) * nbytes * 8)
-    sent = counters.CommBits(row_bits, row_bits)
-  else:
-    member_i = member.astype(jnp.int32)
-    sent = counters.CommBits(counters.mul64(member_i * (n - 1), nbytes * 8),
-                             counters.mul64(m_members - member_i, nbytes * 8))
+  # n − 1 rows out and in; the worker's message C(x_i) is its n rows.
+  sent = _moved((n - 1) * nbytes * 8, _own_payload(member, n * nbytes * 8))
 
   # Phase 2: the owners' chunks to everyone, re-compressed or dense.
   server = scheme.server_compressor
@@ -379,8 +386,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
     s_all = wire.unpack(lax.all_gather(s_buf, axis_name), s_spec)
     s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
     gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
-  sent = counters.add_bits(sent, counters.CommBits(counters.const64(sbytes * 8),
-                                                   counters.const64((n - 1) * sbytes * 8)))
+  sent = counters.add_bits(sent, _moved((n - 1) * sbytes * 8, 0))  # ring all-gather
   mean = _unflat(gathered.astype(ACCUMULATION_DTYPE).reshape(-1), leaves, treedef,
                  ACCUMULATION_DTYPE)
 
@@ -413,9 +419,9 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
   Returns:
     An :class:`Exchanged`: ``mean`` is (1/n) Σ_{i∈S} x_i (float32 leaves),
     ``own`` this worker's contribution 1[i∈S]·x_i (in x_i's dtype), ``sent``
-    the bits: a member sends its D dense bits once and every worker receives
-    the D bits of each other member (the physical collective is an all-reduce
-    of the zero-padded vectors, which XLA needs for its static shapes).
+    the bits: the collective is a ring all-reduce of the zero-padded vectors
+    (XLA needs static shapes), 2(n − 1)/n·D each way for every worker; a
+    member's payload is its D dense bits, a non-member's 0.
   """
   n, i = axis_info(axis_name, owner)
   mask, _ = sampling.draw(key, n, owner)
@@ -427,9 +433,6 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
     summed, sent = own, counters.zero_bits()
   else:
     summed = _psum_packed(own, axis_name)
-    member_i = member.astype(jnp.int32)
-    others = jnp.sum(mask.astype(jnp.int32)) - member_i
-    sent = counters.CommBits(counters.mul64(member_i, dense_bits),
-                             counters.mul64(others, dense_bits))
+    sent = _moved(_ring_bits(n, dense_bits), _own_payload(member, dense_bits))
   mean = [s.astype(ACCUMULATION_DTYPE) / n for s in summed]
   return Exchanged(treedef.unflatten(mean), treedef.unflatten(own), sent, None)

@@ -19,20 +19,30 @@ _MASK32 = (1 << 32) - 1
 
 
 class CommBits(NamedTuple):
-  """Exact 64-bit counters of the bits one worker sent and received.
+  """Exact 64-bit counters of the bits one worker moved.
 
   Each field is a uint32[2] array ``[hi, lo]`` (JAX runs without 64-bit types
   by default), read out as Python ints by :func:`comm_bits`.
+
+  * ``uplink``: the bits this worker put on the wire, as the collective's
+    algorithm sends them (a ring all-gather forwards the others' payloads:
+    (n − 1)·P per worker; a ring all-reduce 2(n − 1)/n of the buffer);
+  * ``downlink``: the bits it received (the same for these algorithms);
+  * ``payload``: the bits of the worker's own compressed messages C(x_i),
+    however they travel: what the papers count as a worker's uplink.
   """
   uplink: jax.Array
   downlink: jax.Array
+  payload: jax.Array
 
 
 class Bits(NamedTuple):
-  """Bits sent (uplink) and received (downlink) by one worker, as Python ints
-  (lists of ints, one per worker, for states stacked on a worker axis)."""
+  """Bits one worker sent on the wire (uplink), received (downlink) and
+  originated as compressed messages (payload), as Python ints (lists of ints,
+  one per worker, for states stacked on a worker axis)."""
   uplink: Any
   downlink: Any
+  payload: Any
 
 
 def const64(value: int) -> jax.Array:
@@ -44,7 +54,7 @@ def const64(value: int) -> jax.Array:
 
 
 def zero_bits() -> CommBits:
-  return CommBits(const64(0), const64(0))
+  return CommBits(const64(0), const64(0), const64(0))
 
 
 def add64(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -78,13 +88,32 @@ def mul64(count: jax.Array, value: int) -> jax.Array:
 
 
 def add_bits(bits: CommBits, sent: CommBits) -> CommBits:
-  return CommBits(add64(bits.uplink, sent.uplink), add64(bits.downlink, sent.downlink))
+  return CommBits(*(add64(a, b) for a, b in zip(bits, sent)))
+
+
+def _local_rows(x) -> np.ndarray:
+  """The part of ``x`` this process holds: the whole array when it is fully
+  addressable, else the rows (leading axis) of its addressable shards, in
+  global order (a state stacked on a worker axis spread over processes)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  rows = {}
+  for shard in x.addressable_shards:
+    index = shard.index[0] if x.ndim else slice(None)
+    start = index.start or 0
+    for offset, row in enumerate(np.asarray(shard.data)):
+      rows[start + offset] = row
+  if any(idx != slice(None) for shard in x.addressable_shards for idx in shard.index[1:]):
+    raise ValueError("comm_bits: a counter split along an axis other than the worker "
+                     f"axis (the first) cannot be read; got sharding {x.sharding}")
+  return np.stack([rows[i] for i in sorted(rows)])
 
 
 def to_int(pair) -> Any:
   """A ``[hi, lo]`` counter as a Python int; counters stacked on leading axes
-  (one per worker) as a flat list of ints."""
-  pair = np.asarray(pair).astype(np.uint64)
+  (one per worker) as a flat list of ints. For a stacked counter that spans
+  several processes, only this process's workers are read."""
+  pair = _local_rows(pair).astype(np.uint64)
   values = (pair[..., 0] << np.uint64(32)) | pair[..., 1]
   if values.ndim == 0:
     return int(values)
@@ -101,34 +130,44 @@ def find(state, cls: type) -> list:
 
 
 def comm_bits(state) -> Bits:
-  """Total bits sent and received, read from anywhere in an optax state.
+  """Total bits sent, received and originated, read from anywhere in an optax
+  state.
 
   Finds every :class:`CommBits` counter in ``state`` (also inside
   ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``) and
-  adds them up exactly, as Python ints.
+  adds them up exactly, as Python ints. ``uplink`` and ``downlink`` are what
+  the collectives' algorithms move per worker (a ring all-gather of P-bit
+  payloads sends and receives (n − 1)·P per worker), so they match what a
+  network interface counts; ``payload`` is the size of the worker's own
+  compressed messages, the papers' per-worker count.
+
+  No collective is run: on several processes (``jax.distributed``) each
+  process reads the workers whose shards it holds, so the lists hold this
+  process's workers only, in worker order. Add them up across processes if a
+  global total is wanted (e.g. with
+  ``jax.experimental.multihost_utils.process_allgather``).
 
   Args:
     state: an optimizer state of one worker, or states stacked on a leading
       worker axis (as used with ``jax.vmap``, ``jax.pmap`` or ``shard_map``).
 
   Returns:
-    ``Bits(uplink, downlink)``: ints for one worker; lists of ints (one per
-    worker) for stacked states.
+    ``Bits(uplink, downlink, payload)``: ints for one worker; lists of ints
+    (one per worker) for stacked states.
 
   Example:
     >>> import compopt, jax.numpy as jnp
     >>> opt = compopt.dcsgd(0.1, compressor=compopt.compressors.top_k(1))
     >>> state = opt.init({"w": jnp.zeros(4)})
     >>> compopt.comm_bits(state)
-    Bits(uplink=0, downlink=0)
+    Bits(uplink=0, downlink=0, payload=0)
   """
   counters = find(state, CommBits)
   if not counters:
     raise ValueError(
         "comm_bits: found no CommBits counter in `state`; pass the state of a "
         "compopt method (or an optax state that contains one)")
-  up = [to_int(c.uplink) for c in counters]
-  down = [to_int(c.downlink) for c in counters]
-  if isinstance(up[0], list):
-    return Bits([sum(v) for v in zip(*up)], [sum(v) for v in zip(*down)])
-  return Bits(sum(up), sum(down))
+  fields = [[to_int(getattr(c, f)) for c in counters] for f in CommBits._fields]
+  if isinstance(fields[0][0], list):
+    return Bits(*([sum(v) for v in zip(*values)] for values in fields))
+  return Bits(*(sum(values) for values in fields))

@@ -96,7 +96,7 @@ def _bits(counter, n_new):
     for i, v in enumerate(values):
       out[i if i < n_new else 0] += v
     return np.stack([np.asarray(counters.const64(v % 2**64)) for v in out])
-  return counters.CommBits(redistribute(counter.uplink), redistribute(counter.downlink))
+  return counters.CommBits(*(redistribute(field) for field in counter))
 
 
 def _walk(node, n_new, path):

@@ -7,7 +7,8 @@ bytes of one worker's payload and D the bytes of the dense float32 vector:
 ========================  =========================================  ==================
 scheme                    per step, per worker                       result
 ========================  =========================================  ==================
-``allgather``             sends P, receives (n − 1)·P; decodes n      mean_i C(x_i)
+``allgather``             sends and receives (n − 1)·P (a ring        mean_i C(x_i)
+                          forwards the others' payloads); decodes n
                           payloads
 ``allreduce``             decodes its own payload, then a ring        mean_i C(x_i)
                           all-reduce of the dense vector:
@@ -299,7 +300,8 @@ class Auto(Scheme):
 
 
 def allgather() -> AllGather:
-  """Every worker all-gathers every payload (default): (n − 1)·P received.
+  """Every worker all-gathers every payload (default): (n − 1)·P received
+  (and sent: a ring forwards the others' payloads).
 
   Exact for every method; best for small n or tiny payloads.
   """

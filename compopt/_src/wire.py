@@ -94,6 +94,12 @@ def _from_bytes(buf: jax.Array, shape, dtype) -> jax.Array:
   return lax.bitcast_convert_type(b, dtype)
 
 
+def nbytes(tree) -> int:
+  """Bytes of the buffer :func:`pack` makes of ``tree`` (static)."""
+  return sum(int(np.prod(l.shape)) * np.dtype(l.dtype).itemsize
+             for l in jax.tree.leaves(tree))
+
+
 def pack(tree) -> tuple[jax.Array, Any]:
   """All arrays of ``tree`` bit-cast into one uint8 buffer, and what
   :func:`unpack` needs: the bytes on the wire are exactly the arrays' bytes."""
