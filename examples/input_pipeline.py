@@ -330,18 +330,30 @@ def partition(labels: np.ndarray, num_workers: int, scheme: str, seed: int) -> l
 
 
 def batch_indices(shards: list, batch_size: int, start_step: int, num_steps: int,
-                  seed: int) -> np.ndarray:
+                  seed: int, workers=None) -> np.ndarray:
   """Training indices of steps [start_step, start_step + num_steps).
 
   A pure function of the step: worker i reads its shard in the order of a
   permutation drawn from (seed, i, epoch), so the data position is the step
   count and a resumed run reads exactly the batches it would have read.
 
+  Args:
+    shards: the index arrays of the workers (see :func:`partition`).
+    batch_size: images per worker and step.
+    start_step: the first step.
+    num_steps: how many steps.
+    seed: the run's seed.
+    workers: the worker ids of ``shards`` (default 0, 1, ...): a process that
+      holds only some workers passes their shards and ids.
+
   Returns:
-    int32 array (num_workers, num_steps, batch_size).
+    int32 array (len(shards), num_steps, batch_size).
   """
+  workers = range(len(shards)) if workers is None else list(workers)
+  if len(workers) != len(shards):
+    raise ValueError(f"batch_indices: {len(shards)} shards but {len(workers)} worker ids")
   out = np.empty((len(shards), num_steps, batch_size), np.int32)
-  for w, shard in enumerate(shards):
+  for i, (w, shard) in enumerate(zip(workers, shards)):
     m = len(shard)
     if m < batch_size:
       raise DataError(f"worker {w} holds {m} images, fewer than config.batch_size={batch_size}")
@@ -351,5 +363,43 @@ def batch_indices(shards: list, batch_size: int, start_step: int, num_steps: int
       epoch, pos = divmod(start_step + s, per_epoch)
       if epoch not in perms:
         perms[epoch] = np.random.default_rng([seed, w, epoch]).permutation(m)
-      out[w, s] = shard[perms[epoch][pos * batch_size:(pos + 1) * batch_size]]
+      out[i, s] = shard[perms[epoch][pos * batch_size:(pos + 1) * batch_size]]
   return out
+
+
+class WorkerShards:
+  """The training images of some workers (a process's own), each worker's
+  shard copied out of the whole training set.
+
+  With several processes each one keeps only its workers' shards and reads
+  their batches on the host; the devices receive just those batches.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, shards: list, workers):
+    """
+    Args:
+      images: the whole training set's images (N, H, W, C).
+      labels: its labels (N,).
+      shards: every worker's indices (see :func:`partition`).
+      workers: the ids of the workers to keep, in order.
+    """
+    self.workers = tuple(int(w) for w in workers)
+    for w in self.workers:
+      if not 0 <= w < len(shards):
+        raise ValueError(f"WorkerShards: worker {w} out of range [0, {len(shards)})")
+    self.images = [np.ascontiguousarray(images[shards[w]]) for w in self.workers]
+    self.labels = [np.ascontiguousarray(labels[shards[w]]) for w in self.workers]
+
+  def batches(self, batch_size: int, start_step: int, num_steps: int, seed: int):
+    """The batches of steps [start_step, start_step + num_steps): the images
+    and labels :func:`batch_indices` picks for these workers.
+
+    Returns:
+      ``(images (W, num_steps, batch_size, H, W, C), labels (W, num_steps,
+      batch_size))`` for the W workers kept, in their order.
+    """
+    positions = batch_indices([np.arange(len(y)) for y in self.labels], batch_size,
+                              start_step, num_steps, seed, workers=self.workers)
+    x = np.stack([im[p] for im, p in zip(self.images, positions)])
+    y = np.stack([lb[p] for lb, p in zip(self.labels, positions)])
+    return x, y

@@ -10,6 +10,16 @@
 With ``config.methods`` set, each preset runs in ``workdir/<preset>``, then a
 table is printed and ``workdir/comparison.png`` written. Rerunning with the
 same workdir resumes each run from its latest checkpoint.
+
+Several processes, one worker per device over all of them (see
+``examples/launch.py``, which sets the same values through the environment)::
+
+  python -m examples.launch -n 4 -- --config.num_workers=4 --workdir=out/p4
+  # or by hand, one command per process (P = 2 here):
+  python -m examples.main --coordinator_address=host0:1234 --num_processes=2 \
+      --process_id=0 --config.num_workers=2      # and --process_id=1 elsewhere
+
+Process 0 alone prints the table and writes the figure and summary.
 """
 
 import json
@@ -18,8 +28,10 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from examples import distributed
 from examples import report
 from examples import train
 
@@ -28,12 +40,32 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "out/mnist", "Directory for metrics, checkpoints, figure.")
 config_flags.DEFINE_config_file("config", _DEFAULT, "Training config file.",
                                 lock_config=True)
+flags.DEFINE_string(
+    "coordinator_address", None,
+    f"host:port of process 0 (default: ${distributed.ENV_COORDINATOR_ADDRESS}); "
+    "needed with several processes.")
+flags.DEFINE_integer(
+    "num_processes", None,
+    f"Number of processes over all machines (default: ${distributed.ENV_NUM_PROCESSES}, "
+    "else 1).", lower_bound=1)
+flags.DEFINE_integer(
+    "process_id", None,
+    f"This process's rank in [0, num_processes) (default: ${distributed.ENV_PROCESS_ID}, "
+    "else 0).", lower_bound=0)
+flags.DEFINE_integer(
+    "devices_per_process", None,
+    f"Devices each process uses (default: ${distributed.ENV_DEVICES_PER_PROCESS}, else the "
+    "backend's default: one CPU device unless XLA_FLAGS says otherwise, all GPUs).",
+    lower_bound=1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  # Before anything starts a JAX backend: the devices, then the cluster.
+  cluster = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id, FLAGS.devices_per_process)
   config, workdir = FLAGS.config, FLAGS.workdir
   presets = tuple(config.methods) or (None,)
   summaries, histories = [], {}
@@ -43,8 +75,12 @@ def main(argv):
     result = train.train_and_evaluate(cfg, run_dir)
     summaries.append(result.summary)
     histories[result.summary["label"]] = result.history
+  if cluster.process_id != 0:  # the same numbers as process 0, which reports them
+    _shutdown(cluster)
+    return
   s = summaries[0]
-  print(f"\n{config.model} on {config.dataset}, {s['workers']} workers ({s['mode']}), "
+  where = f", {cluster.num_processes} processes" if cluster.is_multiprocess else ""
+  print(f"\n{config.model} on {config.dataset}, {s['workers']} workers ({s['mode']}{where}), "
         f"batch {config.batch_size}/worker, {s['steps']} steps = {s['epochs']:.2f} epochs")
   print(report.table(summaries))
   fig = report.plot(histories, os.path.join(workdir, "comparison.png"),
@@ -52,6 +88,13 @@ def main(argv):
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summaries, f, indent=2)
   print(f"figure: {fig}\nmetrics: {os.path.join(workdir, '*', 'metrics.jsonl')}")
+  _shutdown(cluster)
+
+
+def _shutdown(cluster):
+  """Leaves the cluster together: waits for every process to get here."""
+  if cluster.is_multiprocess:
+    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ with its error buffers, shifts, keys and bit counters, each worker's dropout
 key) carries a leading worker axis. One worker's step is written once and
 mapped over that axis:
 
-* ``shard_map``: one worker per local device (``jax.shard_map`` over a
+* ``shard_map``: one worker per device (``jax.shard_map`` over a
   ``jax.make_mesh((n,), ("data",))``), on GPUs, TPUs or CPU devices;
 * ``vmap``: n simulated workers on one device (``jax.vmap(axis_name="data")``).
 
@@ -14,6 +14,15 @@ mapped over that axis:
 devices. Each worker reads its own shard of the training set (``iid`` or split
 by ``label``); the batch of step t is a pure function of (seed, worker, t),
 so the data position is the step count.
+
+Several processes (``jax.distributed``, see ``examples/distributed.py`` and
+``examples/launch.py``): the mode is ``shard_map`` over the global mesh of
+``jax.devices()``, one worker per device, so ``config.num_workers`` must equal
+``jax.device_count()``. Every process runs this same function; each keeps only
+its own workers' data shards and supplies their rows of the global arrays,
+reads the metrics that span all workers through collectives (so all processes
+log the same numbers), and process 0 alone writes ``metrics.jsonl`` and
+``config.json``; orbax writes each process's part of the checkpoint.
 
 Outputs in ``workdir``: ``metrics.jsonl`` (one JSON object per log step),
 ``config.json``, orbax checkpoints in ``checkpoints/``. A run finds the latest
@@ -35,10 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import compopt
+from compopt._src import counters
 from examples import input_pipeline
 from examples import methods
 from examples import models
@@ -58,11 +69,29 @@ class RunResult:
 
 
 def resolve_mode(config) -> str:
+  """``config.mode`` checked against the devices; ``auto`` resolved.
+
+  One process: ``shard_map`` needs ``config.num_workers`` local devices.
+  Several processes: always ``shard_map``, one worker per device of the
+  global mesh, so ``config.num_workers == jax.device_count()``.
+  """
   mode, n = config.get("mode", "auto"), config.num_workers
+  if mode not in ("auto", "vmap", "shard_map"):
+    raise ValueError(f"unknown config.mode {mode!r}; choose auto, vmap or shard_map")
+  if jax.process_count() > 1:
+    if mode == "vmap":
+      raise ValueError(
+          f"config.mode='vmap' simulates the workers inside one process, but this run "
+          f"has {jax.process_count()} processes; use mode='shard_map' or 'auto'")
+    if n != jax.device_count():
+      raise ValueError(
+          f"config.num_workers={n} must equal the number of devices over all "
+          f"{jax.process_count()} processes, jax.device_count()={jax.device_count()} "
+          f"(one worker per device); set config.num_workers={jax.device_count()} or "
+          f"start {n} devices in total (processes x devices per process)")
+    return "shard_map"
   if mode == "auto":
     return "shard_map" if jax.local_device_count() >= n else "vmap"
-  if mode not in ("vmap", "shard_map"):
-    raise ValueError(f"unknown config.mode {mode!r}; choose auto, vmap or shard_map")
   if mode == "shard_map" and jax.local_device_count() < n:
     raise ValueError(
         f"config.mode='shard_map' needs {n} local devices (one per worker) but there are "
@@ -73,8 +102,33 @@ def resolve_mode(config) -> str:
 
 def make_mesh(n):
   """One worker per device on the axis "data" (Auto sharding, so that
-  evaluation can read worker 0's params with plain indexing)."""
+  evaluation can read worker 0's params with plain indexing). With several
+  processes, n is ``jax.device_count()``: the global mesh."""
   return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def local_workers(mesh) -> list:
+  """The workers (positions on the mesh axis) whose devices this process
+  holds, in order; every worker in a single process."""
+  me = jax.process_index()
+  return [i for i, d in enumerate(mesh.devices.flat) if d.process_index == me]
+
+
+def global_rows(sharding, global_shape, rows: dict):
+  """A global array with a leading worker axis from this process's rows
+  (``{worker: array}``): each process supplies only its own workers'."""
+  def block(index):
+    start, stop, _ = index[0].indices(global_shape[0])
+    return np.stack([rows[w] for w in range(start, stop)])
+  return jax.make_array_from_callback(tuple(global_shape), sharding, block)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole of ``x`` as numpy on every process: a collective
+  (``process_allgather``) when ``x`` spans other processes' devices."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def _normalize(images, mean, std):
@@ -95,15 +149,17 @@ def _augment(key, x):
   return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
 
-def create_train_state(config, model, tx, image_shape, n):
+def create_train_state(config, model, tx, image_shape, n, sharding=None):
   """The stacked training state: every leaf has a leading axis of n workers.
 
   All workers start from the same params (one init key) and their own
-  dropout/augmentation key (``fold_in(key, worker)``).
+  dropout/augmentation key (``fold_in(key, worker)``). With ``sharding``
+  (e.g. ``NamedSharding(mesh, P("data"))``) the state is created in place,
+  each device computing its own workers' rows (also across processes).
   """
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=sharding)
   def init():  # one compiled function instead of dozens of eager ops
     init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
@@ -120,17 +176,25 @@ def create_train_state(config, model, tx, image_shape, n):
 
 
 def make_train_steps(config, model, tx, mean, std, mode, n):
-  """A jitted function running K steps of every worker:
-  ``(state, idx (n, K, B), images, labels) -> (state, losses (n, K), accs (n, K))``."""
+  """A jitted function running K steps of every worker.
+
+  * ``vmap``: ``(state, idx (n, K, B), images, labels) -> (state, losses (n, K),
+    accs (n, K))``, the batches gathered on the device from the whole
+    training set;
+  * ``shard_map``: ``(state, x (n, K, B, H, W, C), y (n, K, B)) -> (state,
+    losses, accs)``, the batches read on the host, the arguments and results
+    global arrays split over the workers (see :func:`global_rows`).
+  """
   augment = config.get("augment", False)
 
-  def one_worker(wstate, idx, images, labels):
-    def body(ws, idx_t):
+  def one_worker(wstate, xs, fetch):
+    """K steps of one worker; ``fetch`` maps a scanned input to a batch."""
+    def body(ws, item):
       rng, drop_key, aug_key = jax.random.split(ws["rng"], 3)
-      x = _normalize(images[idx_t], mean, std)
+      raw, y = fetch(item)
+      x = _normalize(raw, mean, std)
       if augment:
         x = _augment(aug_key, x)
-      y = labels[idx_t]
 
       def loss_fn(params):
         variables = {"params": params}
@@ -149,38 +213,38 @@ def make_train_steps(config, model, tx, mean, std, mode, n):
       new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "rng": rng}
       return new, (loss, acc)
 
-    wstate, (losses, accs) = jax.lax.scan(body, wstate, idx)
+    wstate, (losses, accs) = jax.lax.scan(body, wstate, xs)
     return wstate, losses, accs
 
   if mode == "vmap":
-    mapped = jax.vmap(one_worker, in_axes=(0, 0, None, None), axis_name=AXIS)
+    def gathered(wstate, idx, images, labels):
+      return one_worker(wstate, idx, lambda i: (images[i], labels[i]))
+    mapped = jax.vmap(gathered, in_axes=(0, 0, None, None), axis_name=AXIS)
     return jax.jit(mapped, donate_argnums=(0,))
 
   mesh = make_mesh(n)
 
-  def block(wstate, idx, images, labels):  # each device holds one worker
+  def block(wstate, x, y):  # each device holds one worker
     squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
-    out = one_worker(squeeze(wstate), squeeze(idx), images, labels)
+    out = one_worker(squeeze(wstate), (squeeze(x), squeeze(y)), lambda batch: batch)
     return jax.tree.map(lambda a: a[None], out)
 
-  mapped = jax.jit(jax.shard_map(block, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
-                                 out_specs=P(AXIS), check_vma=False), donate_argnums=(0,))
-  worker_sharded = NamedSharding(mesh, P(AXIS))
-  replicated = NamedSharding(mesh, P())
-
-  def run(state, idx, images, labels):
-    return mapped(compopt.parallel.shard(state, mesh, AXIS),
-                  jax.device_put(idx, worker_sharded),
-                  jax.device_put(images, replicated), jax.device_put(labels, replicated))
-
-  return run
+  return jax.jit(jax.shard_map(block, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+                               check_vma=False), donate_argnums=(0,))
 
 
-def make_eval_fn(model, mean, std, batch_size):
+def make_eval_fn(model, mean, std, batch_size, mesh=None):
   """Loss and accuracy of worker 0's params on a whole split (with worker-
-  averaged BatchNorm running statistics)."""
+  averaged BatchNorm running statistics).
 
-  @jax.jit
+  Everything happens inside one jitted function, so the state may span
+  several processes' devices; with ``mesh`` (the workers' mesh) the batches
+  enter replicated on it and the sums come out replicated, readable on every
+  process.
+  """
+  replicated = NamedSharding(mesh, P()) if mesh is not None else None
+
+  @functools.partial(jax.jit, out_shardings=replicated)
   def eval_batch(params, batch_stats, images, labels, mask):
     params = jax.tree.map(lambda a: a[0], params)
     batch_stats = jax.tree.map(lambda a: jnp.mean(a, 0), batch_stats)
@@ -204,6 +268,9 @@ def make_eval_fn(model, mean, std, batch_size):
         mask[m:] = 0
         x = np.concatenate([x, np.zeros((batch_size - m,) + x.shape[1:], x.dtype)])
         y = np.concatenate([y, np.zeros(batch_size - m, y.dtype)])
+      if replicated is not None:  # the same host data on every process
+        x, y, mask = (jax.make_array_from_callback(a.shape, replicated, lambda i, a=a: a[i])
+                      for a in (x, y, mask))
       l, c = eval_batch(params, batch_stats, x, y, mask)
       total_loss += float(l)
       total_correct += float(c)
@@ -213,10 +280,26 @@ def make_eval_fn(model, mean, std, batch_size):
 
 
 def megabytes_sent(opt_state) -> tuple[float, float]:
-  """Mean over workers of the MB (1e6 bytes) each sent (uplink) and received."""
-  bits = compopt.comm_bits(opt_state)
-  up = np.mean(bits.uplink) / 8e6
-  down = np.mean(bits.downlink) / 8e6
+  """Mean over ALL workers of the MB (1e6 bytes) each sent (uplink) and
+  received.
+
+  When the state spans several processes this is a collective: every process
+  gathers every worker's counters (``process_allgather``) and reports the
+  same numbers.
+  """
+  leaves = jax.tree.leaves(opt_state)
+  if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+    bits = compopt.comm_bits(opt_state)
+    uplink, downlink = bits.uplink, bits.downlink
+  else:
+    found = counters.find(opt_state, counters.CommBits)
+    if not found:
+      raise ValueError("megabytes_sent: found no CommBits counter in the optimizer state")
+    per_worker = lambda field: [sum(v) for v in zip(
+        *(counters.to_int(to_host(getattr(c, field))) for c in found))]
+    uplink, downlink = per_worker("uplink"), per_worker("downlink")
+  up = np.mean(uplink) / 8e6
+  down = np.mean(downlink) / 8e6
   return float(up), float(down)
 
 
@@ -250,28 +333,38 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
   Returns:
     A :class:`RunResult`: the final stacked state, the metric records and a
     summary (final train loss, test loss/accuracy, MB sent per worker, wall
-    time).
+    time). With several processes every process returns the same records
+    and summary; its state is the global one (not fully addressable).
   """
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   n = int(config.num_workers)
   mode = resolve_mode(config)
+  chief = jax.process_index() == 0  # the process that writes files
+  multiprocess = jax.process_count() > 1
   ds = input_pipeline.load_dataset(config)
   model = models.create_model(
       config.model, ds.num_classes,
       axis_name=AXIS if config.get("sync_batch_stats", False) else None)
   tx = methods.make_optimizer(config, AXIS)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  if chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
 
-  state = create_train_state(config, model, tx, ds.image_shape, n)
+  shards = input_pipeline.partition(ds.train_labels, n, config.get("partition", "iid"),
+                                    config.seed)
+  mesh = None
   if mode == "shard_map":
     mesh = make_mesh(n)
-    state = compopt.parallel.shard(state, mesh, AXIS)
-    replicated = NamedSharding(mesh, P())
-    train_images = jax.device_put(ds.train_images, replicated)
-    train_labels = jax.device_put(ds.train_labels, replicated)
+    worker_sharded = NamedSharding(mesh, P(AXIS))
+    state = create_train_state(config, model, tx, ds.image_shape, n, sharding=worker_sharded)
+    # This process keeps its own workers' shards only, and reads their batches.
+    local = input_pipeline.WorkerShards(ds.train_images, ds.train_labels, shards,
+                                        local_workers(mesh))
+    ds = dataclasses.replace(ds, train_images=ds.train_images[:0].copy(),  # drop the rest
+                             train_labels=ds.train_labels[:0].copy())
   else:
+    state = create_train_state(config, model, tx, ds.image_shape, n)
     train_images, train_labels = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
 
   # Resume: params, every worker's optimizer state and key, the step (= the
@@ -287,13 +380,14 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
                        f"{restored['data_position']} != step {step}")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, step)
-  with open(metrics_path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in history)
+  if multiprocess:  # every process has read the file before process 0 rewrites it
+    multihost_utils.sync_global_devices("compopt_examples_read_history")
+  if chief:
+    with open(metrics_path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in history)
 
   train_steps = make_train_steps(config, model, tx, ds.mean, ds.std, mode, n)
-  evaluate = make_eval_fn(model, ds.mean, ds.std, config.get("eval_batch_size", 1000))
-  shards = input_pipeline.partition(ds.train_labels, n, config.get("partition", "iid"),
-                                    config.seed)
+  evaluate = make_eval_fn(model, ds.mean, ds.std, config.get("eval_batch_size", 1000), mesh)
   steps_per_epoch = len(shards[0]) // config.batch_size
   num_steps = int(config.num_steps)
   log_every = int(config.get("log_every", 50))
@@ -304,7 +398,7 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
   elapsed0 = history[-1]["wall_time"] if history else 0.0
 
   bar = None
-  if config.get("progress", True):
+  if config.get("progress", True) and chief:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=num_steps, initial=step, desc=label[:28], unit="step", leave=True,
                dynamic_ncols=True)
@@ -313,11 +407,17 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
     stop = min(num_steps, (step // log_every + 1) * log_every)
     if halt and step < halt:
       stop = min(stop, halt)
-    idx = input_pipeline.batch_indices(shards, config.batch_size, step, stop - step,
-                                       config.seed)
-    state, l, a = train_steps(state, idx, train_images, train_labels)
-    losses.append(np.asarray(l))
-    accs.append(np.asarray(a))
+    if mode == "vmap":
+      idx = input_pipeline.batch_indices(shards, config.batch_size, step, stop - step,
+                                         config.seed)
+      state, l, a = train_steps(state, idx, train_images, train_labels)
+    else:
+      x, y = local.batches(config.batch_size, step, stop - step, config.seed)
+      state, l, a = train_steps(
+          state, global_rows(worker_sharded, (n,) + x.shape[1:], dict(zip(local.workers, x))),
+          global_rows(worker_sharded, (n,) + y.shape[1:], dict(zip(local.workers, y))))
+    losses.append(to_host(l))  # every worker's, on every process
+    accs.append(to_host(a))
     done = stop - step
     step = stop
     if bar is not None:
@@ -339,8 +439,9 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
             state, ds.test_images, ds.test_labels)
       record["wall_time"] = elapsed0 + time.time() - t0
       history.append(record)
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      if chief:
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(record) + "\n")
       if bar is not None:
         post = {"loss": f"{record['train_loss']:.3f}", "MB": f"{up:.1f}"}
         if "test_accuracy" in record:
@@ -366,5 +467,6 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
       "test_accuracy": evals[-1]["test_accuracy"] if evals else None,
       "mb_sent": last.get("mb_sent"), "mb_received": last.get("mb_received"),
       "wall_time": elapsed0 + time.time() - t0, "mode": mode, "workers": n,
+      "processes": jax.process_count(),
   }
   return RunResult(state=state, history=history, summary=summary)
