@@ -1,0 +1,219 @@
+"""The local launcher (examples/launch.py) and examples.main over several
+processes (jax.distributed, gloo on CPU).
+
+The processes get a clean environment: conftest.py gives this process 8 host
+devices through XLA_FLAGS, which the children must not inherit.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from examples import distributed
+from examples import launch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHILD = [sys.executable, os.path.join(HERE, "_launch_child.py")]
+TIMEOUT_S = 240
+
+
+def child_env():
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "JAX_PLATFORMS") and not k.startswith("COMPOPT_")
+         and not k.startswith("JAX_COORDINATOR")}
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(
+      [ROOT, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  return env
+
+
+def run_launch(target, n, args=(), **kwargs):
+  """launch.launch with the output captured: (code, text, launcher messages, seconds)."""
+  out, log = io.StringIO(), io.StringIO()
+  kwargs.setdefault("timeout", TIMEOUT_S)
+  t0 = time.monotonic()
+  code = launch.launch(target, n, args=args, env=child_env(), output=out, log=log, **kwargs)
+  return code, out.getvalue(), log.getvalue(), time.monotonic() - t0
+
+
+def read_pids(piddir, ranks):
+  """The pids the processes wrote to ``piddir``, by rank."""
+  pids = {}
+  for r in ranks:
+    path = os.path.join(piddir, f"{r}.pid")
+    if os.path.exists(path):
+      with open(path) as f:
+        pids[r] = int(f.read())
+  return pids
+
+
+def gone(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  return False
+
+
+# ------------------------------------------------------------ the launcher
+
+
+def test_rank_prefixes_and_environment():
+  code, text, _, _ = run_launch(CHILD, 3, args=["echo"], devices_per_process=2)
+  assert code == 0, text
+  lines = text.splitlines(keepends=True)
+  for r in range(3):
+    mine = [line for line in lines if line.startswith(f"[{r}] ")]
+    assert len(mine) == 4, text  # echo, 50% (ended by \r), 100%, no newline
+    assert mine[0].startswith(f"[{r}] rank {r} of 3 local {r} devices 2 ")
+    assert "--xla_force_host_platform_device_count=2" in mine[0]
+    assert " coordinator 127.0.0.1:" in mine[0]
+    assert mine[1] == f"[{r}] progress 50%\r"
+    assert mine[2] == f"[{r}] progress 100%\n"
+    assert mine[3] == f"[{r}] no newline {r}\n"
+  assert all(line[:1] == "[" for line in lines)  # nothing unprefixed
+  coords = {line.split(" coordinator ")[1].strip() for line in lines if " coordinator " in line}
+  assert len(coords) == 1
+
+
+def test_command_line_ranks_on_a_second_node():
+  """``python -m examples.launch`` with --module, --nnodes and --node_rank."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "examples.launch", "-n", "2", "--nnodes", "3", "--node_rank", "1",
+       "--coordinator", "127.0.0.1:1", "--module", "_launch_child", "--timeout", "60",
+       "--", "echo"], env=child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  for r, local in ((2, 0), (3, 1)):  # ranks node_rank * n + i of 6
+    assert f"[{r}] rank {r} of 6 local {local} devices 1 " in proc.stdout
+    assert f"coordinator 127.0.0.1:1\n" in proc.stdout
+  assert "[0]" not in proc.stdout and "[4]" not in proc.stdout
+
+
+@pytest.mark.parametrize("how,expected", [("kill", 128 + 9), ("3", 3)])
+def test_a_dead_process_stops_the_others(tmp_path, how, expected):
+  code, text, log, seconds = run_launch(CHILD, 3, args=["die", "1", how, str(tmp_path)],
+                                        timeout=60, grace_period=2.0)
+  assert code == expected, (text, log)
+  assert seconds < 20, seconds  # not the sleepers' ten minutes, nor the timeout
+  assert "process 1 " in log and "stopping the others" in log
+  pids = read_pids(tmp_path, [0, 1, 2])
+  assert len(pids) == 3 and all(gone(p) for p in pids.values()), pids
+
+
+def test_sigterm_ignored_then_sigkill_and_the_timeout(tmp_path):
+  code, _, log, seconds = run_launch(CHILD, 2, args=["stubborn", str(tmp_path)], timeout=3,
+                                     grace_period=1.0)
+  assert code == launch.TIMEOUT_EXIT_CODE and "timed out after 3 s" in log
+  assert 3 <= seconds < 15, seconds
+  pids = read_pids(tmp_path, [0, 1])
+  assert len(pids) == 2 and all(gone(p) for p in pids.values()), pids
+
+
+def test_bad_arguments_name_the_parameter():
+  with pytest.raises(ValueError, match="num_processes must be an int >= 1"):
+    launch.launch(CHILD, 0)
+  with pytest.raises(ValueError, match=r"node_rank must be an int in \[0, num_nodes\)"):
+    launch.launch(CHILD, 1, num_nodes=2, node_rank=2, coordinator="h:1")
+  with pytest.raises(ValueError, match="num_nodes=2 needs coordinator"):
+    launch.launch(CHILD, 1, num_nodes=2)
+  with pytest.raises(ValueError, match="coordinator must be host:port"):
+    launch.launch(CHILD, 1, coordinator="localhost")
+  with pytest.raises(ValueError, match="timeout must be > 0"):
+    launch.launch(CHILD, 1, timeout=0)
+
+
+def test_distributed_resolve_flags_win_over_environment():
+  env = {distributed.ENV_COORDINATOR_ADDRESS: "h:5", distributed.ENV_NUM_PROCESSES: "4",
+         distributed.ENV_PROCESS_ID: "3", distributed.ENV_DEVICES_PER_PROCESS: "2"}
+  c = distributed.resolve(environ=env)
+  assert (c.coordinator_address, c.num_processes, c.process_id, c.local_rank,
+          c.devices_per_process) == ("h:5", 4, 3, 3, 2)
+  c = distributed.resolve(num_processes=8, process_id=5, environ=env)
+  assert (c.num_processes, c.process_id) == (8, 5)
+  assert distributed.resolve(environ={}) == distributed.Cluster(None, 1, 0, 0, None)
+  with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes\)"):
+    distributed.resolve(process_id=4, environ=env)
+  with pytest.raises(ValueError, match="COMPOPT_NUM_PROCESSES='x' is not an integer"):
+    distributed.resolve(environ={distributed.ENV_NUM_PROCESSES: "x"})
+  with pytest.raises(ValueError, match="needs the coordinator's address"):
+    distributed.resolve(num_processes=2, environ={})
+  with pytest.raises(ValueError, match="devices_per_process must be >= 1"):
+    distributed.resolve(devices_per_process=0, environ={})
+
+
+# ------------------------------------------------------ examples.main, P > 1
+
+
+def main_args(workdir, **config):
+  flags = {"dataset": "digits", "model": "mlp", "num_workers": 2, "batch_size": 8,
+           "methods": "('ef_topk','psgd')", "num_steps": 4, "log_every": 2, "eval_every": 4,
+           "checkpoint_every": 4, "test_limit": 64, "eval_batch_size": 64,
+           "progress": False}
+  flags.update(config)
+  return [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def final_params(run_dir):
+  """The params (every worker's) of the last checkpoint in ``run_dir``, as numpy."""
+  mngr = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints"))
+  path = os.path.join(run_dir, "checkpoints", str(mngr.latest_step()), "default")
+  mngr.close()
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  # numpy targets: restored on the host, whatever devices wrote it
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype) if hasattr(m, "shape") else 0, tree)
+  return checkpointer.restore(path, target)["state"]["params"]
+
+
+def history(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in f]
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  runs = {}
+  for name, n, k in (("two", 2, 1), ("one", 1, 2)):
+    code, text, log, seconds = run_launch("examples.main", n, main_args(tmp_path / name),
+                                          devices_per_process=k, cwd=str(tmp_path))
+    assert code == 0, text[-5000:] + log
+    runs[name] = text
+  assert "2 workers (shard_map, 2 processes)" in runs["two"]
+  assert "2 workers (shard_map)" in runs["one"]
+  # Process 0 alone reports and writes the summary and the figure.
+  assert "[0] method" in runs["two"] and "[1] method" not in runs["two"]
+  assert (tmp_path / "two" / "summary.json").exists()
+  assert (tmp_path / "two" / "comparison.png").exists()
+  for preset in ("ef_topk", "psgd"):
+    two, one = tmp_path / "two" / preset, tmp_path / "one" / preset
+    h2, h1 = history(two), history(one)
+    assert [r["step"] for r in h2] == [2, 4] and h2[-1]["mb_sent"] > 0
+    p2, p1 = final_params(two), final_params(one)
+    if preset == "ef_topk":
+      # All-gathers of the top-k payloads, summed locally in a fixed order:
+      # the same bits whether the two workers share a process or not.
+      assert h2 == h1
+      jax.tree.map(np.testing.assert_array_equal, p2, p1)
+    else:
+      # P-SGD's dense float all-reduce runs over gloo in one case and inside
+      # XLA in the other; the summation order may differ.
+      assert [r["mb_sent"] for r in h2] == [r["mb_sent"] for r in h1]
+      for r2, r1 in zip(h2, h1):
+        np.testing.assert_allclose(r2["train_loss"], r1["train_loss"], rtol=1e-5)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p2, p1)
+
+
+def test_workers_must_equal_the_global_device_count(tmp_path):
+  code, text, log, _ = run_launch("examples.main", 2,
+                                  main_args(tmp_path, num_workers=3, methods="()"),
+                                  cwd=str(tmp_path), grace_period=2.0)
+  assert code != 0
+  assert "config.num_workers=3 must equal the number of devices over all 2 processes" in text
