@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Mapping
 
 ENV_COORDINATOR_ADDRESS = "JAX_COORDINATOR_ADDRESS"
@@ -109,9 +110,24 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
   return Cluster(address, num, pid, pid if rank is None else rank, devices)
 
 
+def _exit_at_once(previous):
+  """A ``sys.excepthook`` that reports the error, then ends the process
+  without the exit handlers: ``jax.distributed``'s would wait for the other
+  processes, which wait for this one in a collective."""
+  def hook(kind, value, tb):
+    try:
+      previous(kind, value, tb)
+      sys.stdout.flush()
+      sys.stderr.flush()
+    finally:
+      os._exit(128 + 2 if issubclass(kind, KeyboardInterrupt) else 1)
+  return hook
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, devices_per_process: int | None = None, *,
-               local_rank: int | None = None, initialization_timeout: int = 300) -> Cluster:
+               local_rank: int | None = None, initialization_timeout: int = 300,
+               exit_on_error: bool = True) -> Cluster:
   """Sets this process's devices and joins the cluster (see the module docstring).
 
   Call it first, before any JAX computation. Arguments left ``None`` are read
@@ -127,6 +143,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     local_rank: the rank among this machine's processes (picks its GPUs);
       defaults to ``process_id``.
     initialization_timeout: seconds to wait for all processes to connect.
+    exit_on_error: with several processes, an uncaught exception ends this
+      process at once (exit code 1) after its traceback, instead of waiting
+      in ``jax.distributed``'s exit handler for processes that wait for it;
+      the launcher then stops the others.
 
   Returns:
     The :class:`Cluster` this process joined.
@@ -147,6 +167,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         coordinator_address=cluster.coordinator_address,
         num_processes=cluster.num_processes, process_id=cluster.process_id,
         local_device_ids=local_ids, initialization_timeout=initialization_timeout)
+    if exit_on_error:
+      sys.excepthook = _exit_at_once(sys.excepthook)
   elif local_ids is not None:  # one process: still only its K GPUs
     jax.config.update("jax_cuda_visible_devices", ",".join(map(str, local_ids)))
   return cluster

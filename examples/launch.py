@@ -16,9 +16,13 @@ is prefixed with the rank, ``[0] ...``.
 
 Never a hang: when a process dies (a nonzero exit or a signal) the launcher
 terminates the others (SIGTERM to each one's process group, SIGKILL after
-``--grace_period`` seconds) and exits with the dead process's code (128 +
-the signal number for a signal); after ``--timeout`` seconds it stops them all
-and exits with 124. SIGINT or SIGTERM to the launcher stops them too.
+``--grace_period`` seconds: JAX's preemption service catches SIGTERM as a
+notice and keeps running) and exits with the dead process's code (128 + the
+signal number for a signal); after ``--timeout`` seconds it stops them all
+and exits with 124. SIGINT or SIGTERM to the launcher stops them too. A
+process that joined with :func:`examples.distributed.initialize` ends at
+once on an uncaught exception, rather than in ``jax.distributed``'s exit
+handler, which would wait for the others.
 
 Several machines: run the launcher on each one with the same ``-n``,
 ``--nnodes`` and ``--coordinator`` (an address of machine 0 the others can
@@ -103,15 +107,22 @@ def _pump(stream: IO[bytes], prefix: bytes, out, lock: threading.Lock):
   progress bars keep their prefix), each line prefixed."""
   binary = getattr(out, "buffer", None)
   pending = b""
+  broken = False  # the output went away: keep draining the pipe, lest the child block
 
   def emit(line: bytes):
+    nonlocal broken
+    if broken:
+      return
     with lock:
-      if binary is not None:
-        binary.write(prefix + line)
-        binary.flush()
-      else:
-        out.write((prefix + line).decode("utf-8", "replace"))
-        out.flush()
+      try:
+        if binary is not None:
+          binary.write(prefix + line)
+          binary.flush()
+        else:
+          out.write((prefix + line).decode("utf-8", "replace"))
+          out.flush()
+      except (OSError, ValueError):
+        broken = True
 
   try:
     while True:
@@ -128,7 +139,7 @@ def _pump(stream: IO[bytes], prefix: bytes, out, lock: threading.Lock):
       pending = pending[start:]
     if pending:
       emit(pending + b"\n")
-  except (OSError, ValueError):  # the output went away
+  except (OSError, ValueError):  # the pipe itself failed
     pass
   finally:
     stream.close()
@@ -144,9 +155,13 @@ def _signal_group(proc: subprocess.Popen, sig: int):
       pass
 
 
-def terminate(procs: Sequence[subprocess.Popen], grace_period: float = 5.0):
+def terminate(procs: Sequence[subprocess.Popen], grace_period: float = 5.0, say=None):
   """SIGTERM to every process group still running, SIGKILL to what is left
-  after ``grace_period`` seconds; returns once all have been reaped."""
+  after ``grace_period`` seconds; returns once all have been reaped.
+
+  (A process in a ``jax.distributed`` run catches SIGTERM as a preemption
+  notice and keeps running: it is the SIGKILL that ends it.)
+  """
   alive = [p for p in procs if p.poll() is None]
   for p in alive:
     _signal_group(p, signal.SIGTERM)
@@ -154,6 +169,8 @@ def terminate(procs: Sequence[subprocess.Popen], grace_period: float = 5.0):
   while alive and time.monotonic() < deadline:
     time.sleep(0.05)
     alive = [p for p in alive if p.poll() is None]
+  if alive and say is not None:
+    say(f"{len(alive)} process(es) still running {grace_period:g} s after SIGTERM; SIGKILL")
   for p in alive:
     _signal_group(p, signal.SIGKILL)
   for p in procs:
@@ -275,7 +292,7 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
         else:
           time.sleep(poll_interval)
   finally:  # also on KeyboardInterrupt or an error here: no process left behind
-    terminate(procs, grace_period)
+    terminate(procs, grace_period, say if code != 0 else None)
     for pump in pumps:
       pump.join(timeout=5.0)
   return code

@@ -9,6 +9,8 @@ Usage: python _launch_child.py MODE [ARGS...]
   PIDDIR/<rank>.pid; the process of rank RANK then ends (``kill``: SIGKILL to
   itself, a number: that exit code) and the others sleep for ten minutes.
 * ``stubborn PIDDIR``: writes its pid, ignores SIGTERM and sleeps.
+* ``jax_error``: joins the JAX cluster (``examples.distributed.initialize``);
+  rank 1 raises, the others wait for it in a collective.
 * ``sleep``: sleeps for ten minutes.
 """
 
@@ -51,6 +53,16 @@ def main():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _write_pid(args[0], rank)
     time.sleep(600)
+    return 0
+  if mode == "jax_error":
+    from examples import distributed  # pylint: disable=import-outside-toplevel
+    distributed.initialize()
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    print("joined", flush=True)
+    if rank == 1:
+      raise RuntimeError("rank 1 fails after joining")
+    multihost_utils.process_allgather(np.ones(3))  # waits for rank 1
     return 0
   if mode == "sleep":
     time.sleep(600)

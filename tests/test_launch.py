@@ -109,10 +109,23 @@ def test_a_dead_process_stops_the_others(tmp_path, how, expected):
   assert len(pids) == 3 and all(gone(p) for p in pids.values()), pids
 
 
+def test_an_error_after_joining_ends_the_run_quickly():
+  """An uncaught exception ends its process at once (not in jax.distributed's
+  exit barrier), so the launcher stops the one waiting in a collective (JAX
+  catches its SIGTERM as a preemption notice: SIGKILL ends it)."""
+  code, text, log, seconds = run_launch(CHILD, 2, args=["jax_error"], timeout=120,
+                                        grace_period=1.0)
+  assert code == 1, text + log
+  assert "[1] RuntimeError: rank 1 fails after joining" in text
+  assert "process 1 exited with code 1" in log
+  assert seconds < 30, seconds  # not jax's 30 s gloo or 100 s heartbeat timeouts
+
+
 def test_sigterm_ignored_then_sigkill_and_the_timeout(tmp_path):
   code, _, log, seconds = run_launch(CHILD, 2, args=["stubborn", str(tmp_path)], timeout=3,
                                      grace_period=1.0)
   assert code == launch.TIMEOUT_EXIT_CODE and "timed out after 3 s" in log
+  assert "2 process(es) still running 1 s after SIGTERM; SIGKILL" in log
   assert 3 <= seconds < 15, seconds
   pids = read_pids(tmp_path, [0, 1])
   assert len(pids) == 2 and all(gone(p) for p in pids.values()), pids
@@ -217,3 +230,27 @@ def test_workers_must_equal_the_global_device_count(tmp_path):
                                   cwd=str(tmp_path), grace_period=2.0)
   assert code != 0
   assert "config.num_workers=3 must equal the number of devices over all 2 processes" in text
+
+
+@pytest.mark.slow  # three launches of two processes
+def test_two_processes_resume_bit_for_bit(tmp_path):
+  """Orbax checkpoints written by 2 processes resume on 2 processes and end
+  where an uninterrupted run ends."""
+  def run(name, **config):
+    args = main_args(tmp_path / name, methods="()", method="ef_sgd",
+                     compressor="top_k(ratio=0.1)", num_steps=6, checkpoint_every=2,
+                     eval_every=2, **config)
+    code, text, log, _ = run_launch("examples.main", 2, args, cwd=str(tmp_path))
+    assert code == 0, text[-5000:] + log
+  run("full")
+  run("resumed", halt_after_steps=3)
+  assert [r["step"] for r in history(tmp_path / "resumed")] == [2, 3]
+  run("resumed")
+  jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / "resumed"),
+               final_params(tmp_path / "full"))
+  full = {r["step"]: r for r in history(tmp_path / "full")}
+  resumed = history(tmp_path / "resumed")
+  assert [r["step"] for r in resumed] == [2, 3, 4, 6]
+  for r in resumed:
+    if r["step"] in (2, 6):  # 4 covers steps 3..4 only in the resumed run
+      assert r == full[r["step"]]
