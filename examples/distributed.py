@@ -17,14 +17,15 @@ environment that ``python -m examples.launch`` sets:
 
 JAX itself reads only the coordinator's address from the environment (and
 finds everything on Slurm, Open MPI, Kubernetes or Cloud TPU by itself), so
-the other three have names of their own.
+the others have names of their own.
 
 :func:`initialize` must run before anything starts a JAX backend (creates an
 array, lists devices). It sets K devices per process -- on CPU
 ``jax_num_cpu_devices`` (as ``XLA_FLAGS=--xla_force_host_platform_device_count=K``
 does); on GPUs the K GPUs ``local_rank·K ... local_rank·K + K − 1`` of the
 machine -- and, with P > 1, calls ``jax.distributed.initialize`` with gloo
-collectives on CPU (GPUs keep the backend's default, NCCL).
+collectives on CPU (GPUs keep the backend's default, NCCL). An uncaught
+exception then ends the process at once, so that a launcher sees it die.
 
 This module imports JAX only inside :func:`initialize`, so that the launcher
 can use its names without starting anything.
@@ -84,7 +85,8 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
             environ: Mapping[str, str] | None = None) -> Cluster:
   """The :class:`Cluster` of this process: each argument given wins over its
   environment variable (see the module docstring); with neither, a single
-  process with the backend's default devices.
+  process with the backend's default devices. Several processes have one
+  device each unless ``devices_per_process`` says otherwise.
 
   Raises:
     ValueError: a value out of range (``num_processes >= 1``,
@@ -99,6 +101,8 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
     raise ValueError(f"process_id must be in [0, num_processes) = [0, {num}); got {pid}")
   devices = _int_from(devices_per_process, "devices_per_process", ENV_DEVICES_PER_PROCESS,
                       environ, 1)
+  if devices is None and num > 1:
+    devices = 1  # one device per process unless told otherwise
   rank = _int_from(local_rank, "local_rank", ENV_LOCAL_RANK, environ, 0)
   address = coordinator_address or environ.get(ENV_COORDINATOR_ADDRESS) or None
   if num > 1 and not address:
@@ -138,8 +142,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     coordinator_address: ``host:port`` of process 0's coordinator.
     num_processes: P, the number of processes (over all machines), >= 1.
     process_id: this process's rank in [0, P).
-    devices_per_process: K >= 1 devices per process; None keeps the backend's
-      default (on CPU one device, or what ``XLA_FLAGS`` says).
+    devices_per_process: K >= 1 devices per process; None: 1 with several
+      processes, the backend's default for a single one (on CPU one device,
+      or what ``XLA_FLAGS`` says; all GPUs).
     local_rank: the rank among this machine's processes (picks its GPUs);
       defaults to ``process_id``.
     initialization_timeout: seconds to wait for all processes to connect.

@@ -54,8 +54,9 @@ flags.DEFINE_integer(
     "else 0).", lower_bound=0)
 flags.DEFINE_integer(
     "devices_per_process", None,
-    f"Devices each process uses (default: ${distributed.ENV_DEVICES_PER_PROCESS}, else the "
-    "backend's default: one CPU device unless XLA_FLAGS says otherwise, all GPUs).",
+    f"Devices each process uses (default: ${distributed.ENV_DEVICES_PER_PROCESS}, else 1 "
+    "with several processes and the backend's default for one: one CPU device unless "
+    "XLA_FLAGS says otherwise, all GPUs).",
     lower_bound=1)
 
 

@@ -153,6 +153,8 @@ def test_distributed_resolve_flags_win_over_environment():
   c = distributed.resolve(num_processes=8, process_id=5, environ=env)
   assert (c.num_processes, c.process_id) == (8, 5)
   assert distributed.resolve(environ={}) == distributed.Cluster(None, 1, 0, 0, None)
+  two = distributed.resolve("h:1", 2, 1, environ={})  # one device each by default
+  assert (two.devices_per_process, two.local_rank, two.is_multiprocess) == (1, 1, True)
   with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes\)"):
     distributed.resolve(process_id=4, environ=env)
   with pytest.raises(ValueError, match="COMPOPT_NUM_PROCESSES='x' is not an integer"):
