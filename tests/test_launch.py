@@ -5,6 +5,7 @@ The processes get a clean environment: conftest.py gives this process 8 host
 devices through XLA_FLAGS, which the children must not inherit.
 """
 
+import concurrent.futures
 import io
 import json
 import os
@@ -195,10 +196,14 @@ def history(run_dir):
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  setups = {"two": (2, 1), "one": (1, 2)}  # processes, devices per process
+  with concurrent.futures.ThreadPoolExecutor(len(setups)) as pool:  # both at once
+    futures = {name: pool.submit(run_launch, "examples.main", n, main_args(tmp_path / name),
+                                 devices_per_process=k, cwd=str(tmp_path))
+               for name, (n, k) in setups.items()}
   runs = {}
-  for name, n, k in (("two", 2, 1), ("one", 1, 2)):
-    code, text, log, seconds = run_launch("examples.main", n, main_args(tmp_path / name),
-                                          devices_per_process=k, cwd=str(tmp_path))
+  for name, future in futures.items():
+    code, text, log, _ = future.result()
     assert code == 0, text[-5000:] + log
     runs[name] = text
   assert "2 workers (shard_map, 2 processes)" in runs["two"]
