@@ -4,7 +4,7 @@ In the spirit of ``torchrun --standalone``::
 
   python -m examples.launch -n 4 -- --config.num_workers=4 --workdir=out/p4
   python -m examples.launch -n 2 --devices_per_process 2 -- --config.num_workers=4
-  python -m examples.launch --module benchmarks.some_worker -n 4 -- --its --flags
+  python -m examples.launch --module mypackage.worker -n 4 -- --its --flags
 
 starts ``python -m examples.main`` (or ``--module``) ``-n`` times with the
 arguments after ``--``, each with the environment that
@@ -31,7 +31,7 @@ reach) and its own ``--node_rank``; process ranks are ``node_rank * n + i``.
 From Python (a benchmark starting its own worker module)::
 
   from examples import launch
-  code = launch.launch("benchmarks.worker", 4, args=["--size", "1000"], timeout=600)
+  code = launch.launch("mypackage.worker", 4, args=["--size", "1000"], timeout=600)
 
 The worker calls ``examples.distributed.initialize()`` first thing.
 """
