@@ -216,14 +216,6 @@ def _weights(sampling, key, n, i, owner):
   return mask[i], weights, jnp.sum(mask.astype(jnp.int32))
 
 
-def _weighted_sum(decoded, weights):
-  """Σ_j w_j d_j over the leading axis, in float32; where, not a product: a
-  non-member's zero payload may decode to NaN."""
-  d = decoded.astype(ACCUMULATION_DTYPE)
-  w = weights.reshape((weights.shape[0],) + (1,) * (d.ndim - 1))
-  return jnp.sum(jnp.where(w > 0, d * w, 0), axis=0)
-
-
 def _like(leaves):
   return [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
 
@@ -275,21 +267,20 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
     gathered = buf[None]
     sent = counters.zero_bits()
   else:
-    gathered = lax.all_gather(buf, axis_name)  # (n, B)
+    # (n, B). The barrier keeps XLA from fusing the encode into the decoding
+    # (under vmap the all-gather is no boundary: top_k's selection was
+    # recomputed into the scatter, 19x slower).
+    gathered = lax.optimization_barrier(lax.all_gather(buf, axis_name))
     sent = _moved((n - 1) * nbits, _own_payload(member, nbits))
   payloads = wire.unpack(gathered, spec)
   dec_key = compress_key if shared else None
   if jax.tree.leaves(payloads):
-    decoded = jax.vmap(lambda p: compressor.decode(p, like, key=dec_key))(payloads)
-  else:  # only empty leaves: nothing was sent, and vmap needs an array
-    decoded = [jnp.zeros((n,) + l.shape, l.dtype) for l in like]
-  mean = [_weighted_sum(d, weights) for d in decoded]
+    mean = compressor.decode_sum(payloads, like, weights, key=dec_key)
+  else:  # only empty leaves: nothing was sent
+    mean = [jnp.zeros(l.shape, ACCUMULATION_DTYPE) for l in like]
   own = None
-  if return_own:
-    if sampling is None:  # this worker's row of the gathered decode
-      own = treedef.unflatten([d[i] for d in decoded])
-    else:  # a non-member's row was zeroed before the gather
-      own = treedef.unflatten(compressor.decode(payload, like, key=enc_key))
+  if return_own:  # from the payload it sent (a non-member's row was zeroed)
+    own = treedef.unflatten(compressor.decode(payload, like, key=enc_key))
   return Exchanged(treedef.unflatten(mean), own, sent, None)
 
 
@@ -353,11 +344,11 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   nbytes = int(buf.shape[1])
   if member is not None:
     buf = jnp.where(member, buf, jnp.zeros_like(buf))
-  received = lax.all_to_all(buf, axis_name, 0, 0)  # row i: worker i's chunk `me`
+  # row i: worker i's chunk `me` (the barrier as in _allgather)
+  received = lax.optimization_barrier(lax.all_to_all(buf, axis_name, 0, 0))
   my_key = jax.random.fold_in(worker_base, me) if shared else None
-  decoded = jax.vmap(lambda p: compressor.decode(p, row_like, key=my_key))(
-      wire.unpack(received, spec))
-  m = _weighted_sum(decoded, weights)  # this owner's chunk of the aggregate, f32
+  # this owner's chunk of the aggregate, f32
+  m = compressor.decode_sum(wire.unpack(received, spec), row_like, weights, key=my_key)
   # n − 1 rows out and in; the worker's message C(x_i) is its n rows.
   sent = _moved((n - 1) * nbytes * 8, _own_payload(member, n * nbytes * 8))
 

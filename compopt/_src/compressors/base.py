@@ -41,6 +41,11 @@ def compute_dtype(dtype) -> np.dtype:
   return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+#: Up to this many payloads, :meth:`Compressor.decode_sum` decodes them one
+#: by one into a running sum; beyond, one vmapped decode and a reduction.
+UNROLL_MAX = 64
+
+
 def _size(shape: Shape) -> int:
   if isinstance(shape, (int, np.integer)):
     return int(shape)
@@ -100,6 +105,13 @@ class Compressor(abc.ABC):
   def _omega(self, size: int) -> float | None:
     return None
 
+  def _sparse(self, payload: Payload, size: int, dtype, key):
+    """(indices, values) with C(x) = Σ values at indices (int32 global indices,
+    values in the compute dtype) if the payload is a sparse vector; None
+    otherwise. Lets :meth:`decode_sum` add n payloads with one scatter."""
+    del payload, size, dtype, key
+    return None
+
   def _delta(self, size: int) -> float | None:
     return None
 
@@ -142,6 +154,34 @@ class Compressor(abc.ABC):
     return treedef.unflatten(
         [self._decode_leaf(p, l, k) for p, l, k in zip(payloads, likes, keys)])
 
+  def decode_sum(self, payloads, like, weights, *, key=None):
+    """Σ_j w_j C_j in float32, from n payloads stacked on a leading axis.
+
+    The aggregation step of an all-gather: payload j (``jax.tree.map(lambda
+    a: a[j], payloads)``) decoded, cast to float32, times ``weights[j]``, and
+    summed over j; a payload whose weight is <= 0 is skipped (a non-member's
+    zeros may decode to NaN). Sparse payloads (top_k, rand_k, rand_k_wangni)
+    are added into one vector by one scatter, O(d + n·k); the others are
+    decoded one by one into a running sum (one fused pass per payload; for
+    more than :data:`UNROLL_MAX` payloads, one vmapped decode and a sum).
+
+    Args:
+      payloads: n payloads of :meth:`encode`, stacked on a leading axis.
+      like: as for :meth:`decode`, without the leading axis.
+      weights: float32[n].
+      key: as for :meth:`decode` (one key for all n payloads).
+    """
+    if self.decode_needs_key:
+      key = checks.check_key(key, f"{self.name}.decode_sum")
+    if _is_leaf(like):
+      return self._decode_sum_leaf(payloads, like, weights, key)
+    treedef = jax.tree.structure(like)
+    stacked = treedef.flatten_up_to(payloads)
+    likes = treedef.flatten_up_to(like)
+    keys = leaf_keys(key, len(likes))
+    return treedef.unflatten([self._decode_sum_leaf(p, l, weights, k)
+                              for p, l, k in zip(stacked, likes, keys)])
+
   def __call__(self, key, x):
     """The dense compressed value C(x), same shape and dtype as ``x``."""
     x = as_arrays(x)
@@ -169,6 +209,36 @@ class Compressor(abc.ABC):
     if x.size == 0:
       return {}
     return self._encode(key, x.reshape(-1))
+
+  def _decode_sum_leaf(self, payloads, like, weights, key):
+    shape, dtype = tuple(like.shape), np.dtype(like.dtype)
+    size = _size(shape)
+    n = int(weights.shape[0])
+    if size == 0:
+      return jnp.zeros(shape, jnp.float32)
+    row = lambda j: jax.tree.map(lambda a: a[j], payloads)  # noqa: E731
+    if self._sparse(row(0), size, dtype, key) is not None:
+      parts = [self._sparse(row(j), size, dtype, key) for j in range(n)]
+      idx = jnp.concatenate([i for i, _ in parts])
+      values = jnp.concatenate([
+          jnp.where(weights[j] > 0, v.astype(dtype).astype(jnp.float32) * weights[j], 0)
+          for j, (_, v) in enumerate(parts)])
+      total = jnp.zeros((size,), jnp.float32).at[idx].add(values, mode="drop")
+      return total.reshape(shape)
+    if n > UNROLL_MAX:
+      decoded = jax.vmap(lambda p: self._decode_leaf(p, like, key))(payloads)
+      w = weights.reshape((n,) + (1,) * len(shape))
+      return jnp.sum(jnp.where(w > 0, decoded.astype(jnp.float32) * w, 0), axis=0)
+    total = None
+    for j in range(n):
+      # one fused pass per payload: its decode, the weight and the add. (A
+      # decode of all n and a sum over the leading axis is two passes over n
+      # vectors, and on XLA's CPU backend a reduction over the major axis
+      # runs in a slow loop: 150x slower for 4 sign payloads of 5.8M.)
+      d = self._decode_leaf(row(j), like, key).astype(jnp.float32)
+      term = jnp.where(weights[j] > 0, d * weights[j], 0)
+      total = term if total is None else total + term
+    return total
 
   def _decode_leaf(self, payload, like, key):
     shape, dtype = tuple(like.shape), np.dtype(like.dtype)

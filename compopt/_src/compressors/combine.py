@@ -105,6 +105,16 @@ class Induced(base.Compressor):
     d2 = self.c2._decode(payload["c2"], size, dtype, k2).astype(dtype)
     return d1.astype(ct) + d2.astype(ct)
 
+  def _sparse(self, payload, size, dtype, key):
+    k1, k2 = _split(key)
+    s1 = self.c1._sparse(payload["c1"], size, dtype, k1)
+    s2 = self.c2._sparse(payload["c2"], size, dtype, k2)
+    if s1 is None or s2 is None:
+      return None
+    ct = base.compute_dtype(dtype)
+    return (jnp.concatenate([s1[0], s2[0]]),
+            jnp.concatenate([s1[1].astype(dtype).astype(ct), s2[1].astype(dtype).astype(ct)]))
+
   def _wire_bits(self, size, dtype):
     return self.c1._wire_bits(size, dtype) + self.c2._wire_bits(size, dtype)
 

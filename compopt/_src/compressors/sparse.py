@@ -190,16 +190,22 @@ class TopK(base.Compressor):
     starts = jnp.concatenate(starts) if len(starts) > 1 else starts[0]
     return {"values": x[starts + local], "indices": local.astype(wire.index_dtype(block))}
 
-  def _decode(self, payload, size, dtype, key):
-    idx = payload["indices"]
+  def _global_indices(self, payload, size):
+    idx = payload["indices"].astype(jnp.int32)
     if self.block_size is not None:
       block, full, per, _, tail_k = self._blocks(size)
       starts = jnp.concatenate([
           jnp.repeat(jnp.arange(full, dtype=jnp.int32) * block, per,
                      total_repeat_length=full * per),
           jnp.full((tail_k,), full * block, jnp.int32)])
-      idx = starts + idx.astype(jnp.int32)
-    return scatter(size, dtype, idx, payload["values"])
+      idx = starts + idx
+    return idx
+
+  def _decode(self, payload, size, dtype, key):
+    return scatter(size, dtype, self._global_indices(payload, size), payload["values"])
+
+  def _sparse(self, payload, size, dtype, key):
+    return self._global_indices(payload, size), payload["values"]
 
   def _wire_bits(self, size, dtype):
     kept = self._kept(size)
@@ -242,12 +248,15 @@ class RandK(base.Compressor):
       return {"values": values}
     return {"values": values, "indices": idx.astype(wire.index_dtype(x.size))}
 
-  def _decode(self, payload, size, dtype, key):
+  def _sparse(self, payload, size, dtype, key):
     idx = self._indices(key, size) if self.shared else payload["indices"]
     k = payload["values"].shape[0]
     ct = base.compute_dtype(dtype)
-    values = payload["values"].astype(ct) * (size / k)
-    return scatter(size, ct, idx, values)
+    return idx.astype(jnp.int32), payload["values"].astype(ct) * (size / k)
+
+  def _decode(self, payload, size, dtype, key):
+    idx, values = self._sparse(payload, size, dtype, key)
+    return scatter(size, base.compute_dtype(dtype), idx, values)
 
   def _wire_bits(self, size, dtype):
     k = resolve_k(self.k, self.ratio, size, self.name)
@@ -355,6 +364,9 @@ class RandKWangni(base.Compressor):
 
   def _decode(self, payload, size, dtype, key):
     return scatter(size, dtype, payload["indices"], payload["values"])
+
+  def _sparse(self, payload, size, dtype, key):
+    return payload["indices"].astype(jnp.int32), payload["values"]
 
   def _wire_bits(self, size, dtype):
     return _sparse_wire_bits(self._k(size), size, dtype)
