@@ -352,7 +352,8 @@ def auto(network: Network | None = None, *, decode_gbps: float | None = None) ->
   vectors for ``allgather`` (every payload), one for ``allreduce``.
 
   Args:
-    network: the :class:`Network` to model (default: 10 Gbit/s, 10 µs, ring).
+    network: the :class:`Network` to model (default: 10 Gbit/s, 10 µs,
+      ring); :func:`measure_network` measures the real one.
     decode_gbps: dense bytes per second (in GB/s) a device decodes; default by
       backend (4 on a CPU, 300 on a GPU/TPU), see ``DECODE_GBPS``.
   """
@@ -361,6 +362,75 @@ def auto(network: Network | None = None, *, decode_gbps: float | None = None) ->
   if decode_gbps is not None:
     decode_gbps = checks.check_real(decode_gbps, "decode_gbps", "auto", lo=0.0, lo_open=True)
   return Auto(network=Network() if network is None else network, decode_gbps=decode_gbps)
+
+
+_MEASURED: dict = {}
+
+
+def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
+                    sizes: tuple[int, int] = (1 << 10, 1 << 22), repeats: int = 5,
+                    topology: str = "ring") -> Network:
+  """The α and β of the worker axis of ``mesh``, measured.
+
+  Times all-gathers of uint8 buffers of two sizes B_1 < B_2 over the mesh
+  axis (a warm-up, then the median of ``repeats``) and solves the ring
+  all-gather's α-β time t(B) = (n − 1)·α + (n − 1)·B/β for α and β. The
+  result is cached per (devices, axis, sizes, topology): call it once at
+  start and pass it to :func:`auto`::
+
+    scheme = compopt.exchange.auto(compopt.exchange.measure_network(mesh))
+
+  It runs collectives: on several processes every process must call it, at
+  the same point of the program. With one device on the axis there is no
+  network: 1e6 Gbit/s (free) is returned.
+
+  Args:
+    mesh: the device mesh of the run.
+    axis_name: its worker axis.
+    sizes: the two buffer sizes in bytes per worker, 1 <= B_1 < B_2.
+    repeats: timed collectives per size, >= 1.
+    topology: the :class:`Network` topology to report.
+  """
+  owner = "measure_network"
+  if axis_name not in mesh.shape:
+    raise ValueError(f"{owner}: the mesh has no axis {axis_name!r}; its axes are "
+                     f"{tuple(mesh.axis_names)}")
+  small, large = (checks.check_int(b, "sizes", owner, lo=1) for b in sizes)
+  if not small < large:
+    raise ValueError(f"{owner}: `sizes` must be two byte counts B_1 < B_2; got {sizes!r}")
+  repeats = checks.check_int(repeats, "repeats", owner, lo=1)
+  n = mesh.shape[axis_name]
+  cache_key = (tuple(d.id for d in mesh.devices.flat), tuple(mesh.axis_names), axis_name,
+               small, large, repeats, topology)
+  if cache_key in _MEASURED:
+    return _MEASURED[cache_key]
+  if n == 1:
+    return _MEASURED.setdefault(cache_key, Network(1e6, 0.0, topology))
+  # pylint: disable=import-outside-toplevel
+  import time
+
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  sharding = NamedSharding(mesh, P(axis_name))
+  gather = jax.jit(jax.shard_map(
+      lambda b: jax.lax.all_gather(b, axis_name, tiled=True), mesh=mesh,
+      in_specs=P(axis_name), out_specs=P(), check_vma=False))
+  seconds = []
+  for size in (small, large):
+    buf = jax.device_put(np.zeros((n * size,), np.uint8), sharding)
+    gather(buf).block_until_ready()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      gather(buf).block_until_ready()
+      times.append(time.perf_counter() - t0)
+    seconds.append(float(np.median(times)))
+  t1, t2 = seconds
+  per_byte = max(t2 - t1, 1e-12) / ((n - 1) * (large - small))  # 1/β
+  alpha = max(t1 / (n - 1) - small * per_byte, 0.0)
+  network = Network(bandwidth_gbps=8e-9 / per_byte, latency_us=alpha * 1e6,
+                    topology=topology)
+  return _MEASURED.setdefault(cache_key, network)
 
 
 def resolve(scheme, owner: str, *, exact: bool = False) -> Scheme:
