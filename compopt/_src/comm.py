@@ -48,6 +48,7 @@ the scheme: the per-worker count of the papers. ``axis_name=None``: nothing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -61,6 +62,8 @@ from compopt._src import schemes
 from compopt._src import wire
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import tree as ctree
+
+_log = logging.getLogger("compopt")
 
 #: The dtype of every aggregate: reductions run in float32.
 ACCUMULATION_DTYPE = jnp.float32
@@ -198,7 +201,10 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   if axis_name is not None and isinstance(scheme, schemes.Auto):
     payload_bytes = ctree.tree_wire_bits(compressor, tree) / 8
     dense_bytes = 4 * sum(l.size for l in jax.tree.leaves(tree))
-    scheme = scheme.choose(payload_bytes, dense_bytes, n)
+    chosen = scheme.choose(payload_bytes, dense_bytes, n)
+    _log.info("%s: auto picks %s for %d workers, payload %.0f B, dense %.0f B, %s",
+              owner, chosen.name, n, payload_bytes, dense_bytes, scheme.network)
+    scheme = chosen
   if axis_name is not None and isinstance(scheme, schemes.AllReduce):
     out = _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own)
   else:
@@ -338,7 +344,14 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   shared = compressor.decode_needs_key
   base = worker_base if shared else worker_key(worker_base, axis_name)
   chunk_keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(jnp.arange(n))
-  payload = jax.vmap(compressor.encode)(chunk_keys, rows)
+  if n <= cbase.UNROLL_MAX:
+    # chunk by chunk: a vmapped encode turns the compressors' CPU fusion
+    # cuts (conditionals) into selects over both branches (10x slower for
+    # scaled_sign)
+    payload = jax.tree.map(lambda *rows_j: jnp.stack(rows_j),
+                           *[compressor.encode(chunk_keys[j], rows[j]) for j in range(n)])
+  else:
+    payload = jax.vmap(compressor.encode)(chunk_keys, rows)
   spec = wire.pack(jax.tree.map(lambda a: a[0], payload))[1]
   buf = jax.vmap(lambda p: wire.pack(p)[0])(payload)  # (n, B)
   nbytes = int(buf.shape[1])

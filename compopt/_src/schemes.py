@@ -263,9 +263,10 @@ class TwoPhase(Scheme):
 
 
 #: Dense bytes per second a device decodes (writes) by default, per backend:
-#: measured about 4 GB/s for natural/sign/top_k decodes of 11M float32 on a
-#: 2-core CPU; accelerators write at hundreds of GB/s.
-DECODE_GBPS = {"cpu": 4.0, "gpu": 300.0, "cuda": 300.0, "rocm": 300.0, "tpu": 300.0}
+#: ``Compressor.decode_sum`` of 4 natural/sign/top_k payloads of 5.8M float32
+#: ran at 30-60 GB/s of decoded output on a 2-core CPU (block top_k 30);
+#: accelerators write at hundreds of GB/s.
+DECODE_GBPS = {"cpu": 30.0, "gpu": 300.0, "cuda": 300.0, "rocm": 300.0, "tpu": 300.0}
 
 
 def default_decode_gbps() -> float:
@@ -348,14 +349,15 @@ def auto(network: Network | None = None, *, decode_gbps: float | None = None) ->
   for this payload, this n and ``network`` (decided when the step is traced).
 
   Both give the same numbers, so the choice is safe for every method. The
-  model adds to the α-β time of the collectives the time to decode: n dense
+  choice is logged (logger ``"compopt"``, level INFO) when a step is traced.
+  The model adds to the α-β time of the collectives the time to decode: n dense
   vectors for ``allgather`` (every payload), one for ``allreduce``.
 
   Args:
     network: the :class:`Network` to model (default: 10 Gbit/s, 10 µs,
       ring); :func:`measure_network` measures the real one.
     decode_gbps: dense bytes per second (in GB/s) a device decodes; default by
-      backend (4 on a CPU, 300 on a GPU/TPU), see ``DECODE_GBPS``.
+      backend (30 on a CPU, 300 on a GPU/TPU), see ``DECODE_GBPS``.
   """
   if network is not None and not isinstance(network, Network):
     raise TypeError(f"auto: `network` must be a compopt.exchange.Network; got {network!r}")
@@ -369,7 +371,7 @@ _MEASURED: dict = {}
 
 def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
                     sizes: tuple[int, int] = (1 << 10, 1 << 22), repeats: int = 5,
-                    topology: str = "ring") -> Network:
+                    topology: str = "ring", cache: bool = True) -> Network:
   """The α and β of the worker axis of ``mesh``, measured.
 
   Times all-gathers of uint8 buffers of two sizes B_1 < B_2 over the mesh
@@ -390,6 +392,8 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
     sizes: the two buffer sizes in bytes per worker, 1 <= B_1 < B_2.
     repeats: timed collectives per size, >= 1.
     topology: the :class:`Network` topology to report.
+    cache: reuse an earlier measurement of the same mesh and sizes; False
+      measures again (a link whose speed changed).
   """
   owner = "measure_network"
   if axis_name not in mesh.shape:
@@ -402,10 +406,11 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
   n = mesh.shape[axis_name]
   cache_key = (tuple(d.id for d in mesh.devices.flat), tuple(mesh.axis_names), axis_name,
                small, large, repeats, topology)
-  if cache_key in _MEASURED:
+  if cache and cache_key in _MEASURED:
     return _MEASURED[cache_key]
   if n == 1:
-    return _MEASURED.setdefault(cache_key, Network(1e6, 0.0, topology))
+    _MEASURED[cache_key] = Network(1e6, 0.0, topology)
+    return _MEASURED[cache_key]
   # pylint: disable=import-outside-toplevel
   import time
 
@@ -428,9 +433,9 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
   t1, t2 = seconds
   per_byte = max(t2 - t1, 1e-12) / ((n - 1) * (large - small))  # 1/β
   alpha = max(t1 / (n - 1) - small * per_byte, 0.0)
-  network = Network(bandwidth_gbps=8e-9 / per_byte, latency_us=alpha * 1e6,
-                    topology=topology)
-  return _MEASURED.setdefault(cache_key, network)
+  _MEASURED[cache_key] = Network(bandwidth_gbps=8e-9 / per_byte, latency_us=alpha * 1e6,
+                                 topology=topology)
+  return _MEASURED[cache_key]
 
 
 def resolve(scheme, owner: str, *, exact: bool = False) -> Scheme:
