@@ -306,7 +306,53 @@ def megabytes_sent(opt_state) -> tuple[float, float]:
 def _checkpoint_manager(workdir):
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+      item_handlers=ocp.StandardCheckpointHandler())  # item_metadata reads shapes
+
+
+def _saved_workers(mngr, step) -> int | None:
+  """The number of workers of a checkpoint (the leading axis of its keys)."""
+  try:
+    return int(mngr.item_metadata(step)["state"]["rng"].shape[0])
+  except (KeyError, TypeError, AttributeError, IndexError):
+    return None
+
+
+def _restore_resharded(mngr, step, config, model, tx, image_shape, saved_n, n, mesh):
+  """The checkpoint of ``saved_n`` workers as a state of n workers.
+
+  Params: worker 0's (data-parallel workers hold the same); BatchNorm
+  statistics: the workers' mean; the optimizer state: ``compopt.reshard_state``
+  (error buffers, shifts and counters by their rules); keys: n new streams
+  from worker 0's. The step (and so the schedule) continues; the data is
+  split anew among the n workers.
+  """
+  like = jax.eval_shape(lambda: create_train_state(config, model, tx, image_shape, saved_n))
+  if mesh is None:  # one process: restore to host
+    template = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), like)
+  else:  # every device gets the whole old state, read back on each host
+    replicated = NamedSharding(mesh, P())
+    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=replicated), like)
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(
+      {"state": template, "step": 0, "data_position": 0}))
+  old = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array)
+                     else np.asarray(a), restored["state"])
+  key0 = jnp.asarray(old["rng"][0])
+  new = {
+      "params": jax.tree.map(lambda a: np.stack([a[0]] * n), old["params"]),
+      "batch_stats": jax.tree.map(lambda a: np.stack([a.mean(0)] * n).astype(a.dtype),
+                                  old["batch_stats"]),
+      "opt_state": compopt.reshard_state(old["opt_state"], n),
+      "rng": np.asarray(jax.vmap(lambda i: jax.random.fold_in(key0, i))(jnp.arange(n))),
+  }
+  if mesh is not None:
+    sharding = NamedSharding(mesh, P(AXIS))
+    mine = local_workers(mesh)
+    new = jax.tree.map(lambda a: global_rows(sharding, a.shape, {w: a[w] for w in mine}), new)
+  else:
+    new = jax.tree.map(jnp.asarray, new)
+  return {"state": new, "step": restored["step"], "data_position": restored["data_position"]}
 
 
 def _read_history(path, upto_step):
@@ -369,12 +415,24 @@ def train_and_evaluate(config, workdir: str) -> RunResult:
 
   # Resume: params, every worker's optimizer state and key, the step (= the
   # data position) come back from the latest checkpoint.
+  # A checkpoint of another number of workers is resharded (compopt.reshard_state).
   mngr = _checkpoint_manager(workdir)
   step = 0
   if mngr.latest_step() is not None:
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(
-        {"state": state, "step": 0, "data_position": 0}))
-    state, step = restored["state"], int(restored["step"])
+    latest = mngr.latest_step()
+    saved_n = _saved_workers(mngr, latest)
+    if saved_n in (None, n):
+      restored = mngr.restore(latest, args=ocp.args.StandardRestore(
+          {"state": state, "step": 0, "data_position": 0}))
+      state = restored["state"]
+    else:
+      restored = _restore_resharded(mngr, latest, config, model, tx, ds.image_shape,
+                                    saved_n, n, mesh)
+      state = restored["state"]
+      if chief:
+        print(f"resumed the checkpoint of {saved_n} workers at step "
+              f"{int(restored['step'])} on {n} (compopt.reshard_state)", flush=True)
+    step = int(restored["step"])
     if int(restored["data_position"]) != step:
       raise ValueError(f"checkpoint in {workdir!r}: data position "
                        f"{restored['data_position']} != step {step}")

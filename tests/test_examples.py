@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import compopt
 from examples import input_pipeline
 from examples import methods
 from examples import models
@@ -301,6 +302,26 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, compile_cache, mo
     if r["step"] != 4:  # the resumed run logged 3 -> 4 as its own window
       assert by_step[r["step"]] == r
   with open(tmp_path / "resumed" / "metrics.jsonl") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_resume_on_another_number_of_workers(tmp_path):
+  # 4 workers stop at step 3; the run resumes on 2 (compopt.reshard_state)
+  halted = tiny_config(num_steps=6, halt_after_steps=3)
+  first = train.train_and_evaluate(halted, str(tmp_path))
+  assert first.summary["steps"] == 3
+  old_payload = sum(compopt.comm_bits(first.state["opt_state"]).payload)
+  resumed = train.train_and_evaluate(tiny_config(num_workers=2, num_steps=6), str(tmp_path))
+  assert resumed.summary["steps"] == 6 and resumed.summary["workers"] == 2
+  assert all(a.shape[0] == 2 for a in jax.tree.leaves(resumed.state))
+  # the counters' totals carry over: 3 more steps of 2 workers, each sending
+  # as much per step as the 4 did
+  per_worker_step = old_payload // (3 * 4)
+  assert sum(compopt.comm_bits(resumed.state["opt_state"]).payload) == (
+      old_payload + 3 * 2 * per_worker_step)
+  assert np.isfinite(resumed.summary["train_loss"])
+  with open(tmp_path / "metrics.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps == sorted(steps) and steps[-1] == 6
 
