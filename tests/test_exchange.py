@@ -97,6 +97,20 @@ def test_auto_counts_decoding_n_payloads():
     X.auto(decode_gbps=0)
 
 
+def test_auto_counts_multi_pass_decodes():
+  """QSGD(16) decodes 5 bit planes and a sign: 6 passes. At 30 GB/s and
+  10 Gbit/s, n = 8, a 44.7 MB gradient and a 8.4 MB payload: allgather
+  7·8.4 MB/1.25 GB/s + 8·6·1.49 ms = 118 ms > allreduce 62.6 ms + 6·1.49 ms
+  = 71.5 ms; with one pass, allgather 59 ms < allreduce 64 ms."""
+  net = X.Network(10.0, latency_us=0.0)
+  auto = X.auto(net, decode_gbps=30.0)
+  assert C.qsgd(16).decode_passes == 6 and C.natural().decode_passes == 1
+  assert C.fcc(C.qsgd(16), rounds=2).decode_passes == 12
+  assert C.induced(C.top_k(1), C.qsgd(16)).decode_passes == 7
+  assert auto.choose(8.4e6, 44.7e6, 8, C.qsgd(16).decode_passes).name == "allreduce"
+  assert auto.choose(8.4e6, 44.7e6, 8, 1.0).name == "allgather"
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(bandwidth_gbps=0), "bandwidth_gbps"), (dict(latency_us=-1), "latency_us"),
     (dict(topology="mesh"), "topology"), (dict(bandwidth_gbps=float("inf")), "bandwidth_gbps")])

@@ -153,7 +153,7 @@ def main(argv=None):
 def _timed_steps(cap: str, quick: bool) -> int:
   if quick:
     return 3
-  return {"uncapped": 8, "10gbit": 8, "1gbit": 4, "100mbit": 2}[cap]
+  return {"uncapped": 6, "10gbit": 6, "1gbit": 3, "100mbit": 1}[cap]
 
 
 if __name__ == "__main__":

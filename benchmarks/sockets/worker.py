@@ -239,6 +239,8 @@ def main():
         jax.block_until_ready((params, state))
         times.append(time.perf_counter() - t0)
         t += 1
+      # every process done: the bytes of others' last sends are in
+      barrier(f"bytes1-{method}-{scheme_name}-{cap['name']}")
       lo1 = lo_tx_bytes()
       if dense:
         up = 2 * (n - 1) * dense_bytes // n * steps * n  # a ring all-reduce, all workers

@@ -201,7 +201,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   if axis_name is not None and isinstance(scheme, schemes.Auto):
     payload_bytes = ctree.tree_wire_bits(compressor, tree) / 8
     dense_bytes = 4 * sum(l.size for l in jax.tree.leaves(tree))
-    chosen = scheme.choose(payload_bytes, dense_bytes, n)
+    chosen = scheme.choose(payload_bytes, dense_bytes, n, compressor.decode_passes)
     _log.info("%s: auto picks %s for %d workers, payload %.0f B, dense %.0f B, %s",
               owner, chosen.name, n, payload_bytes, dense_bytes, scheme.network)
     scheme = chosen

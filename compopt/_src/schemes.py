@@ -65,12 +65,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from compopt._src import checks
 from compopt._src import reshard
@@ -282,8 +285,11 @@ class Auto(Scheme):
   decode_gbps: float | None = None
   name: str = "auto"
 
-  def choose(self, payload_bytes: float, dense_bytes: float, n: int) -> Scheme:
-    decode = dense_bytes / ((self.decode_gbps or default_decode_gbps()) * 1e9)
+  def choose(self, payload_bytes: float, dense_bytes: float, n: int,
+             decode_passes: float = 1.0) -> Scheme:
+    """The cheaper of allgather and allreduce; ``decode_passes``: the cost of
+    one decode in dense passes (``Compressor.decode_passes``)."""
+    decode = decode_passes * dense_bytes / ((self.decode_gbps or default_decode_gbps()) * 1e9)
     candidates = [(AllGather(), n), (AllReduce(), 1)]
     costs = [c.seconds(payload_bytes, dense_bytes, n, self.network) + decodes * decode
              for c, decodes in candidates]
@@ -411,11 +417,6 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
   if n == 1:
     _MEASURED[cache_key] = Network(1e6, 0.0, topology)
     return _MEASURED[cache_key]
-  # pylint: disable=import-outside-toplevel
-  import time
-
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
   sharding = NamedSharding(mesh, P(axis_name))
   gather = jax.jit(jax.shard_map(
       lambda b: jax.lax.all_gather(b, axis_name, tiled=True), mesh=mesh,

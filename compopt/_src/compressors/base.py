@@ -88,6 +88,10 @@ class Compressor(abc.ABC):
   #: positions). The communication layer then all-reduces the payloads and
   #: decodes once, whatever the exchange scheme (see ``compopt.exchange``).
   linear_payload: bool = False
+  #: The cost of one decode in dense passes over the output, for the cost
+  #: model of ``compopt.exchange.auto`` (multi-pass decodes, e.g. QSGD's bit
+  #: planes, make decoding n payloads dearer than one dense all-reduce).
+  decode_passes: float = 1.0
 
   # ----------------------------------------------------------------- leaf API
   @abc.abstractmethod
@@ -217,8 +221,9 @@ class Compressor(abc.ABC):
     if size == 0:
       return jnp.zeros(shape, jnp.float32)
     row = lambda j: jax.tree.map(lambda a: a[j], payloads)  # noqa: E731
-    if self._sparse(row(0), size, dtype, key) is not None:
-      parts = [self._sparse(row(j), size, dtype, key) for j in range(n)]
+    first = self._sparse(row(0), size, dtype, key)
+    if first is not None:
+      parts = [first] + [self._sparse(row(j), size, dtype, key) for j in range(1, n)]
       idx = jnp.concatenate([i for i, _ in parts])
       values = jnp.concatenate([
           jnp.where(weights[j] > 0, v.astype(dtype).astype(jnp.float32) * weights[j], 0)

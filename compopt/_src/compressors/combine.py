@@ -105,6 +105,10 @@ class Induced(base.Compressor):
     d2 = self.c2._decode(payload["c2"], size, dtype, k2).astype(dtype)
     return d1.astype(ct) + d2.astype(ct)
 
+  @property
+  def decode_passes(self):
+    return self.c1.decode_passes + self.c2.decode_passes
+
   def _sparse(self, payload, size, dtype, key):
     k1, k2 = _split(key)
     s1 = self.c1._sparse(payload["c1"], size, dtype, k1)
@@ -138,6 +142,10 @@ class _Wrapper(base.Compressor):
   @property
   def decode_needs_key(self):
     return self.inner.decode_needs_key
+
+  @property
+  def decode_passes(self):
+    return self.inner.decode_passes
 
   @property
   def linear_payload(self):
@@ -237,6 +245,10 @@ class FCC(_Wrapper):
   inner: base.Compressor = None
   rounds: int = 1
   name: str = "fcc"
+
+  @property
+  def decode_passes(self):
+    return self.rounds * self.inner.decode_passes
 
   def _round_key(self, key, r):
     return None if key is None else jax.random.fold_in(key, r)

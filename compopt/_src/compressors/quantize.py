@@ -165,6 +165,11 @@ class Dithering(base.Compressor):
   natural: bool = False
   name: str = "random_dithering"
 
+  @property
+  def decode_passes(self):
+    # one pass per bit plane of the codes, and the sign's
+    return float(wire.code_bits(self.levels) + 1)
+
   def _encode(self, key, x):
     ct = base.compute_dtype(x.dtype)
     s = self.levels
