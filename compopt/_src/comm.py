@@ -213,13 +213,13 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
 
 
 def _weights(sampling, key, n, i, owner):
-  """(member, weights, m_members): S from the shared key; weights w_j =
-  1/(n p_j) for members, 0 otherwise (1/n without sampling)."""
+  """(member, weights): S from the shared key; weights w_j = 1/(n p_j) for
+  members, 0 otherwise (1/n without sampling)."""
   if sampling is None:
-    return None, jnp.full((n,), 1.0 / n, jnp.float32), None
+    return None, jnp.full((n,), 1.0 / n, jnp.float32)
   mask, probs = sampling.draw(key, n, owner)
   weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(jnp.float32)
-  return mask[i], weights, jnp.sum(mask.astype(jnp.int32))
+  return mask[i], weights
 
 
 def _like(leaves):
@@ -233,7 +233,7 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
   like = _like(leaves)
-  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner)
   payload = compressor.encode(compress_key, leaves)
   own = compressor.decode(payload, like, key=compress_key) if return_own else None
   if member is not None:  # members send C(x_i)/p_i, the others zeros
@@ -261,7 +261,7 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
   leaves, treedef = jax.tree.flatten(tree)
   like = _like(leaves)
   # Partial participation: S from the shared key, so all workers agree.
-  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner)
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
@@ -295,7 +295,7 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   n, i = axis_info(axis_name, owner)
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
-  member, weights, _ = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner)
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
@@ -338,7 +338,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   chunk = schemes.chunk_size(size, n)  # c = ⌈D/n⌉, the vector padded to n·c
   rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
   row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
-  member, weights, _ = _weights(sampling, sample_key, n, me, owner)
+  member, weights = _weights(sampling, sample_key, n, me, owner)
 
   # Phase 1: C(x_i) chunk by chunk; chunk j goes to worker j.
   shared = compressor.decode_needs_key
