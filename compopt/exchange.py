@@ -26,6 +26,7 @@ from compopt._src.schemes import allreduce
 from compopt._src.schemes import auto
 from compopt._src.schemes import collective_bytes
 from compopt._src.schemes import collective_seconds
+from compopt._src.schemes import fit_network
 from compopt._src.schemes import measure_network
 from compopt._src.schemes import two_phase
 
@@ -42,6 +43,7 @@ __all__ = (
     "auto",
     "collective_bytes",
     "collective_seconds",
+    "fit_network",
     "measure_network",
     "two_phase",
 )

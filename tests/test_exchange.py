@@ -352,3 +352,34 @@ def test_fast_compressor_paths_pass_shard_maps_type_check(comp, monkeypatch):
   u_sm, _ = compopt.parallel.shard_map(opt.update, mesh, "data")(g, state)
   u_vm, _ = jax.jit(jax.vmap(opt.update, axis_name="data"))(g, state)
   np.testing.assert_allclose(u_sm["w"], u_vm["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_fit_network_inverts_the_all_gather_model():
+  # times made by collective_seconds from a known network come back as it
+  for topology in ("ring", "tree"):
+    net = X.Network(bandwidth_gbps=2.5, latency_us=40.0, topology=topology)
+    n, small, large = 6, 1_000, 3_000_000
+    t1 = X.collective_seconds("allgather", small, n, net)
+    t2 = X.collective_seconds("allgather", large, n, net)
+    fit = X.fit_network(t1, t2, small, large, n, topology)
+    assert fit.bandwidth_gbps == pytest.approx(2.5, rel=1e-9)
+    assert fit.latency_us == pytest.approx(40.0, rel=1e-6)
+  with pytest.raises(ValueError, match="small < large"):
+    X.fit_network(1.0, 2.0, 10, 10, 4)
+
+
+def test_measure_network_on_a_mesh_is_cached_and_checked():
+  mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  net = X.measure_network(mesh, "data", sizes=(64, 1 << 16), repeats=2)
+  assert net.bandwidth_gbps > 0 and net.latency_us >= 0
+  assert X.measure_network(mesh, "data", sizes=(64, 1 << 16), repeats=2) is net
+  assert X.measure_network(mesh, "data", sizes=(64, 1 << 16), repeats=2, cache=False) is not net
+  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  assert X.measure_network(one, "data").bandwidth_gbps == 1e6  # no network
+  with pytest.raises(ValueError, match="no axis 'w'"):
+    X.measure_network(mesh, "w")
+  with pytest.raises(ValueError, match="B_1 < B_2"):
+    X.measure_network(mesh, "data", sizes=(100, 10))
+  with pytest.raises(ValueError, match="`repeats`"):
+    X.measure_network(mesh, "data", repeats=0)

@@ -381,8 +381,8 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
   """The α and β of the worker axis of ``mesh``, measured.
 
   Times all-gathers of uint8 buffers of two sizes B_1 < B_2 over the mesh
-  axis (a warm-up, then the median of ``repeats``) and solves the ring
-  all-gather's α-β time t(B) = (n − 1)·α + (n − 1)·B/β for α and β. The
+  axis (a warm-up, then the median of ``repeats``) and solves the
+  all-gather's α-β time for α and β (:func:`fit_network`). The
   result is cached per (devices, axis, sizes, topology): call it once at
   start and pass it to :func:`auto`::
 
@@ -431,12 +431,27 @@ def measure_network(mesh: jax.sharding.Mesh, axis_name: str = "data", *,
       gather(buf).block_until_ready()
       times.append(time.perf_counter() - t0)
     seconds.append(float(np.median(times)))
-  t1, t2 = seconds
-  per_byte = max(t2 - t1, 1e-12) / ((n - 1) * (large - small))  # 1/β
-  alpha = max(t1 / (n - 1) - small * per_byte, 0.0)
-  _MEASURED[cache_key] = Network(bandwidth_gbps=8e-9 / per_byte, latency_us=alpha * 1e6,
-                                 topology=topology)
+  _MEASURED[cache_key] = fit_network(*seconds, small, large, n, topology)
   return _MEASURED[cache_key]
+
+
+def fit_network(t_small: float, t_large: float, small: int, large: int, n: int,
+                topology: str = "ring") -> Network:
+  """The :class:`Network` whose all-gather of ``small`` and ``large`` bytes
+  per worker takes ``t_small`` and ``t_large`` seconds on n workers.
+
+  Solves t(B) = s·α + (n − 1)·B/β, s = n − 1 steps (ring) or ⌈log2 n⌉
+  (tree), as :func:`collective_seconds` models an all-gather: two equations
+  for α and β (α clipped at 0, a non-increasing time read as a free link).
+  """
+  n = checks.check_workers(n, "fit_network")
+  if n == 1 or not small < large:
+    raise ValueError(f"fit_network: needs n >= 2 and small < large; got n={n}, "
+                     f"small={small}, large={large}")
+  steps = (n - 1) if topology == "ring" else math.ceil(math.log2(n))
+  per_byte = max(t_large - t_small, 1e-12) / ((n - 1) * (large - small))  # 1/β
+  alpha = max((t_small - (n - 1) * small * per_byte) / steps, 0.0)
+  return Network(bandwidth_gbps=8e-9 / per_byte, latency_us=alpha * 1e6, topology=topology)
 
 
 def resolve(scheme, owner: str, *, exact: bool = False) -> Scheme:
