@@ -12,6 +12,12 @@ orbax; resuming from them gives bit-for-bit the run that never stopped::
     like = {"params": params_n, "opt": state_n}   # e.g. fresh init, stacked and sharded
     restored = compopt.checkpoint.restore(path, like)
 
+Saves are crash-safe: a process killed at any moment of :func:`save`, even
+while it overwrites a checkpoint (``force=True``), leaves a directory that
+:func:`restore` reads, the old checkpoint or the new one bit for bit; the
+next save removes what the killed one left. With several processes
+(``jax.distributed``) every process calls both, on a shared file system.
+
 To resume on a different number of workers, ``compopt.reshard_state(state,
 n)`` maps the stacked state to n new workers where the algorithm allows it;
 its docstring lists the rule of every state.

@@ -11,6 +11,10 @@ Usage: python _launch_child.py MODE [ARGS...]
 * ``stubborn PIDDIR``: writes its pid, ignores SIGTERM and sleeps.
 * ``jax_error``: joins the JAX cluster (``examples.distributed.initialize``);
   rank 1 raises, the others wait for it in a collective.
+* ``checkpoint DIR``: joins the JAX cluster, then saves a global array
+  (one row per process) to DIR three times with ``force=True`` and restores
+  it after each save; prints ``restored K`` per save, and process 0 the
+  names left in DIR's parent.
 * ``sleep``: sleeps for ten minutes.
 """
 
@@ -25,6 +29,37 @@ def _write_pid(piddir, rank):
   with open(path + ".tmp", "w") as f:
     f.write(str(os.getpid()))
   os.replace(path + ".tmp", path)
+
+
+def _checkpoint(directory, rank):
+  from examples import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize()
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  import compopt  # pylint: disable=import-outside-toplevel
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  sharding = NamedSharding(mesh, P("data"))
+  rows = jax.process_count()
+
+  def tree(k):
+    full = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + 100 * k
+    return {"x": jax.make_array_from_callback(full.shape, sharding, lambda i: full[i])}
+
+  for k in range(3):
+    compopt.checkpoint.save(directory, tree(k), force=k > 0)
+    restored = compopt.checkpoint.restore(directory, tree(0))
+    for shard in restored["x"].addressable_shards:
+      np.testing.assert_array_equal(np.asarray(shard.data),
+                                    np.asarray(tree(k)["x"].addressable_data(0)))
+    assert restored["x"].sharding == sharding
+    print(f"restored {k}", flush=True)
+  if rank == 0:
+    print("left", sorted(os.listdir(os.path.dirname(os.path.abspath(directory)))), flush=True)
+  jax.distributed.shutdown()
+  return 0
 
 
 def main():
@@ -64,6 +99,8 @@ def main():
       raise RuntimeError("rank 1 fails after joining")
     multihost_utils.process_allgather(np.ones(3))  # waits for rank 1
     return 0
+  if mode == "checkpoint":
+    return _checkpoint(args[0], rank)
   if mode == "sleep":
     time.sleep(600)
     return 0

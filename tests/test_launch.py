@@ -132,6 +132,19 @@ def test_sigterm_ignored_then_sigkill_and_the_timeout(tmp_path):
   assert len(pids) == 2 and all(gone(p) for p in pids.values()), pids
 
 
+def test_two_processes_overwrite_one_checkpoint(tmp_path):
+  """compopt.checkpoint.save with force=True from every process: process 0
+  swaps the directories between barriers, so each process restores the new
+  checkpoint right after the save, and nothing is left beside it."""
+  code, text, log, _ = run_launch(CHILD, 2, args=["checkpoint", str(tmp_path / "ckpt")],
+                                  timeout=120, grace_period=1.0)
+  assert code == 0, text + log
+  for r in range(2):
+    assert [line for line in text.splitlines() if line.startswith(f"[{r}] restored")] == [
+        f"[{r}] restored {k}" for k in range(3)], text
+  assert "[0] left ['ckpt']\n" in text, text
+
+
 def test_bad_arguments_name_the_parameter():
   with pytest.raises(ValueError, match="num_processes must be an int >= 1"):
     launch.launch(CHILD, 0)
