@@ -9,6 +9,8 @@ from compopt import theory
 from compopt._src.counters import Bits
 from compopt._src.counters import CommBits
 from compopt._src.counters import comm_bits
+from compopt._src.methods.accumulate import AccumulateState
+from compopt._src.methods.accumulate import accumulate
 from compopt._src.methods.baselines import majority_vote
 from compopt._src.methods.baselines import scaled_signsgd
 from compopt._src.methods.baselines import signsgd
@@ -48,6 +50,7 @@ from compopt.compressors import Compressor
 __version__ = "0.1.0"
 
 __all__ = (
+    "AccumulateState",
     "Bits",
     "CommBits",
     "CompressedMeanState",
@@ -59,6 +62,7 @@ __all__ = (
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
     "SkipNonfiniteState",
+    "accumulate",
     "checkpoint",
     "comm_bits",
     "comp_ams",

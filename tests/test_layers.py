@@ -26,7 +26,7 @@ LAYERS = [
     {"comm"},
     # methods: the guard, then the families, then methods built on families
     {"methods.guard"},
-    {"methods.dcsgd", "methods.error_feedback", "methods.shifted"},
+    {"methods.dcsgd", "methods.error_feedback", "methods.shifted", "methods.accumulate"},
     {"methods.baselines", "methods.comp_ams", "methods.neolithic"},
 ]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
