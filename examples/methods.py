@@ -128,6 +128,7 @@ def make_optimizer(config, axis_name: str | None) -> optax.GradientTransformatio
     parts.append(optax.trace(decay=extra_momentum))
   tx = optax.chain(*parts) if len(parts) > 1 else opt
   if name == "neolithic":
-    # Alg. 2 averages R minibatch gradients per compressed step.
-    tx = optax.MultiSteps(tx, every_k_schedule=int(kwargs["rounds"]))
+    # Alg. 2 averages R minibatch gradients per compressed step: one exchange
+    # per window, a worker's non-finite minibatch left out of its mean.
+    tx = compopt.accumulate(tx, every_k=int(kwargs["rounds"]), axis_name=axis_name)
   return tx

@@ -270,7 +270,7 @@ _CHILD = textwrap.dedent("""
       g = jnp.ones((n, 3)).at[1, 0].set(jnp.nan if t == 1 else 1.0)
       p, s = f(p, s, g)
     jax.block_until_ready(p)
-    print("done", p[0])
+    print("done", jax.device_get(p)[0])
     """)
 
 

@@ -45,10 +45,15 @@ def neolithic(
   C_0 = identity (unidirectional; δ stays 0).
 
   ĝ_i is the mean of R stochastic gradients (Alg. 2's gradient
-  accumulation): wrap the method in ``optax.MultiSteps(..., every_k_schedule=R)``
-  so that each NEOLITHIC step sees the average of R minibatch gradients and
-  the iteration count is K = T/R, as the paper compares at equal gradient
-  queries. R is given by Thm 3 (``compopt.theory.neolithic_rounds``).
+  accumulation): wrap the method in
+  ``compopt.accumulate(..., every_k=R, axis_name=...)`` so that each
+  NEOLITHIC step sees the average of R minibatch gradients and the iteration
+  count is K = T/R, as the paper compares at equal gradient queries. R is
+  given by Thm 3 (``compopt.theory.neolithic_rounds``). ``accumulate``
+  exchanges once per window (``compopt.comm_bits`` counts what was sent) and
+  leaves a worker's non-finite minibatch out of its mean; ``optax.MultiSteps``
+  runs the exchange on every minibatch, keeps a NaN in its accumulator for
+  good, and with ``should_skip_update_fn`` deadlocks the workers.
 
   Args:
     learning_rate: γ, a float or an optax schedule.
@@ -72,10 +77,13 @@ def neolithic(
   Example:
     >>> import compopt, optax, jax.numpy as jnp
     >>> c = compopt.compressors.top_k(1)
-    >>> opt = optax.MultiSteps(compopt.neolithic(0.1, compressor=c, rounds=2),
-    ...                        every_k_schedule=2)
-    >>> state = opt.init(jnp.zeros(3))
-    >>> updates, state = opt.update(jnp.array([1., -3., 2.]), state)
+    >>> opt = compopt.accumulate(compopt.neolithic(0.1, compressor=c, rounds=2),
+    ...                          every_k=2)
+    >>> state = opt.init(jnp.zeros(2))
+    >>> updates, state = opt.update(jnp.array([1., -3.]), state)  # zero
+    >>> updates, state = opt.update(jnp.array([1., -1.]), state)
+    >>> updates  # -0.1 · FCC(top_1, 2 rounds) of the mean [1, -2]
+    Array([-0.1,  0.2], dtype=float32)
 
   References:
     Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal algorithms in
