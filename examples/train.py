@@ -359,8 +359,13 @@ def _read_history(path, upto_step):
   """The records of an earlier run in ``path`` up to its checkpoint step."""
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+    for line in filter(str.strip, f):
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:  # the last line, cut short by a crash
+        break  # its step is past the checkpoint: written before the save
   return [r for r in records if r["step"] <= upto_step]
 
 
