@@ -22,7 +22,12 @@ signal number for a signal); after ``--timeout`` seconds it stops them all
 and exits with 124. SIGINT or SIGTERM to the launcher stops them too. A
 process that joined with :func:`examples.distributed.initialize` ends at
 once on an uncaught exception, rather than in ``jax.distributed``'s exit
-handler, which would wait for the others.
+handler, which would wait for the others. A hung process (alive, but no
+longer taking part), or a process of another machine, is beyond the
+launcher's sight: ``--heartbeat_timeout`` seconds after it stops sending
+heartbeats (JAX's default: 100), ``jax.distributed`` ends the others, and
+the launcher then stops the rest. To recover, start every process again:
+``examples.main`` resumes from the last checkpoint of its workdir.
 
 Several machines: run the launcher on each one with the same ``-n``,
 ``--nnodes`` and ``--coordinator`` (an address of machine 0 the others can
@@ -86,7 +91,8 @@ def _with_device_count(xla_flags: str, k: int) -> str:
 
 def process_env(base: Mapping[str, str], *, coordinator: str, num_processes: int,
                 process_id: int, local_rank: int, devices_per_process: int,
-                bind_address: str | None = None) -> dict:
+                bind_address: str | None = None,
+                heartbeat_timeout: int | None = None) -> dict:
   """The environment of one process: ``base`` plus the variables of
   :mod:`examples.distributed`."""
   env = dict(base)
@@ -96,6 +102,8 @@ def process_env(base: Mapping[str, str], *, coordinator: str, num_processes: int
   env[distributed.ENV_LOCAL_RANK] = str(local_rank)
   env[distributed.ENV_DEVICES_PER_PROCESS] = str(devices_per_process)
   env["XLA_FLAGS"] = _with_device_count(env.get("XLA_FLAGS", ""), devices_per_process)
+  if heartbeat_timeout is not None:
+    env[distributed.ENV_HEARTBEAT_TIMEOUT] = str(heartbeat_timeout)
   if bind_address:
     env["JAX_COORDINATOR_BIND_ADDRESS"] = bind_address  # read by JAX on process 0
   env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed
@@ -181,7 +189,7 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
            args: Sequence[str] = (), devices_per_process: int = 1,
            coordinator: str | None = None, num_nodes: int = 1, node_rank: int = 0,
            timeout: float | None = None, grace_period: float = 5.0,
-           env: Mapping[str, str] | None = None, prefix_output: bool = True,
+           heartbeat_timeout: int | None = None, env: Mapping[str, str] | None = None, prefix_output: bool = True,
            output: IO | None = None, cwd: str | None = None, poll_interval: float = 0.05,
            log: IO | None = None) -> int:
   """Runs ``num_processes`` processes of a module (or a command) as one
@@ -201,6 +209,12 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
       ranks ``node_rank * num_processes + i``.
     timeout: seconds before every process is stopped (None: no limit).
     grace_period: seconds between SIGTERM and SIGKILL when stopping them.
+    heartbeat_timeout: seconds >= 1 without a heartbeat after which
+      ``jax.distributed`` declares a process dead and aborts the others
+      (see :func:`examples.distributed.initialize`); None: JAX's default,
+      100 s. It ends the processes of the other machines when one dies; on
+      this machine the launcher stops them at once. Give every machine's
+      launcher the same value.
     env: the processes' base environment (default ``os.environ``); the
       variables of :mod:`examples.distributed` are added to it.
     prefix_output: prefix each output line with the rank (``[3] ...``); if
@@ -229,6 +243,11 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
     raise ValueError(f"timeout must be > 0 seconds (or None); got {timeout!r}")
   if not grace_period >= 0:
     raise ValueError(f"grace_period must be >= 0 seconds; got {grace_period!r}")
+  if heartbeat_timeout is not None and (
+      isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, int)
+      or heartbeat_timeout < 1):
+    raise ValueError(f"heartbeat_timeout must be an int >= 1 seconds (or None); "
+                     f"got {heartbeat_timeout!r}")
   if num_nodes > 1 and not coordinator:
     raise ValueError(f"num_nodes={num_nodes} needs coordinator='host:port', an address of "
                      "node 0 that every machine can reach")
@@ -264,7 +283,8 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
       rank = node_rank * num_processes + i
       penv = process_env(base, coordinator=coordinator, num_processes=total,
                          process_id=rank, local_rank=i,
-                         devices_per_process=devices_per_process, bind_address=bind)
+                         devices_per_process=devices_per_process, bind_address=bind,
+                         heartbeat_timeout=heartbeat_timeout)
       pipe = subprocess.PIPE if prefix_output else None
       proc = subprocess.Popen(command, env=penv, cwd=cwd, stdin=subprocess.DEVNULL,
                               stdout=pipe, stderr=subprocess.STDOUT if prefix_output else None,
@@ -317,6 +337,9 @@ def _parser():
                  help="seconds before all processes are stopped (exit code 124)")
   p.add_argument("--grace_period", type=float, default=5.0,
                  help="seconds between SIGTERM and SIGKILL")
+  p.add_argument("--heartbeat_timeout", type=int, default=None,
+                 help="seconds without a heartbeat before jax.distributed declares a process "
+                      "dead and ends the others; None: JAX's default, 100")
   p.add_argument("--no_prefix", action="store_true",
                  help="do not prefix output lines with the rank")
   return p
@@ -341,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return launch(opts.module, opts.num_processes, args=rest,
                   devices_per_process=opts.devices_per_process, coordinator=opts.coordinator,
                   num_nodes=opts.nnodes, node_rank=opts.node_rank, timeout=opts.timeout,
-                  grace_period=opts.grace_period, prefix_output=not opts.no_prefix)
+                  grace_period=opts.grace_period, heartbeat_timeout=opts.heartbeat_timeout,
+                  prefix_output=not opts.no_prefix)
   except ValueError as e:
     parser.error(str(e))  # exits with 2
     raise

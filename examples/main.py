@@ -58,6 +58,12 @@ flags.DEFINE_integer(
     "with several processes and the backend's default for one: one CPU device unless "
     "XLA_FLAGS says otherwise, all GPUs).",
     lower_bound=1)
+flags.DEFINE_integer(
+    "heartbeat_timeout", None,
+    f"Seconds without a heartbeat after which jax.distributed declares a process dead and "
+    f"aborts the others (default: ${distributed.ENV_HEARTBEAT_TIMEOUT}, else JAX's 100). "
+    "Shorter ends a run with a dead process sooner, but may declare a stalled live one "
+    "dead.", lower_bound=1)
 
 
 def main(argv):
@@ -66,7 +72,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Before anything starts a JAX backend: the devices, then the cluster.
   cluster = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id, FLAGS.devices_per_process)
+                                   FLAGS.process_id, FLAGS.devices_per_process,
+                                   heartbeat_timeout=FLAGS.heartbeat_timeout)
   config, workdir = FLAGS.config, FLAGS.workdir
   presets = tuple(config.methods) or (None,)
   summaries, histories = [], {}

@@ -2,8 +2,8 @@
 
 Usage: python _launch_child.py MODE [ARGS...]
 
-* ``echo``: prints its rank, the number of processes and its devices
-  variables, a progress line ending in ``\\r``, and a last line without a
+* ``echo``: prints its rank, the number of processes, its devices and
+  heartbeat variables, a progress line ending in ``\\r``, and a last line without a
   newline; exits 0.
 * ``die RANK SIGNAL_OR_CODE PIDDIR``: every process writes its pid to
   PIDDIR/<rank>.pid; the process of rank RANK then ends (``kill``: SIGKILL to
@@ -15,6 +15,8 @@ Usage: python _launch_child.py MODE [ARGS...]
   (one row per process) to DIR three times with ``force=True`` and restores
   it after each save; prints ``restored K`` per save, and process 0 the
   names left in DIR's parent.
+* ``main PIDDIR ARGS...``: writes its pid to PIDDIR/<rank>.pid, then runs
+  ``python -m examples.main ARGS...``.
 * ``sleep``: sleeps for ten minutes.
 """
 
@@ -69,6 +71,7 @@ def main():
     print(f"rank {rank} of {os.environ['COMPOPT_NUM_PROCESSES']} "
           f"local {os.environ['COMPOPT_LOCAL_RANK']} "
           f"devices {os.environ['COMPOPT_DEVICES_PER_PROCESS']} "
+          f"heartbeat {os.environ.get('COMPOPT_HEARTBEAT_TIMEOUT', '-')} "
           f"xla {os.environ['XLA_FLAGS']} coordinator {os.environ['JAX_COORDINATOR_ADDRESS']}")
     sys.stdout.write("progress 50%\r")
     sys.stdout.write("progress 100%\n")
@@ -101,6 +104,12 @@ def main():
     return 0
   if mode == "checkpoint":
     return _checkpoint(args[0], rank)
+  if mode == "main":
+    _write_pid(args[0], rank)
+    import runpy  # pylint: disable=import-outside-toplevel
+    sys.argv = ["examples.main"] + args[1:]
+    runpy.run_module("examples.main", run_name="__main__", alter_sys=True)
+    return 0
   if mode == "sleep":
     time.sleep(600)
     return 0

@@ -9,6 +9,7 @@ import concurrent.futures
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def test_rank_prefixes_and_environment():
   for r in range(3):
     mine = [line for line in lines if line.startswith(f"[{r}] ")]
     assert len(mine) == 4, text  # echo, 50% (ended by \r), 100%, no newline
-    assert mine[0].startswith(f"[{r}] rank {r} of 3 local {r} devices 2 ")
+    assert mine[0].startswith(f"[{r}] rank {r} of 3 local {r} devices 2 heartbeat - ")
     assert "--xla_force_host_platform_device_count=2" in mine[0]
     assert " coordinator 127.0.0.1:" in mine[0]
     assert mine[1] == f"[{r}] progress 50%\r"
@@ -91,10 +92,10 @@ def test_command_line_ranks_on_a_second_node():
   proc = subprocess.run(
       [sys.executable, "-m", "examples.launch", "-n", "2", "--nnodes", "3", "--node_rank", "1",
        "--coordinator", "127.0.0.1:1", "--module", "_launch_child", "--timeout", "60",
-       "--", "echo"], env=child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+       "--heartbeat_timeout", "7", "--", "echo"], env=child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   for r, local in ((2, 0), (3, 1)):  # ranks node_rank * n + i of 6
-    assert f"[{r}] rank {r} of 6 local {local} devices 1 " in proc.stdout
+    assert f"[{r}] rank {r} of 6 local {local} devices 1 heartbeat 7 " in proc.stdout
     assert f"coordinator 127.0.0.1:1\n" in proc.stdout
   assert "[0]" not in proc.stdout and "[4]" not in proc.stdout
 
@@ -156,6 +157,8 @@ def test_bad_arguments_name_the_parameter():
     launch.launch(CHILD, 1, coordinator="localhost")
   with pytest.raises(ValueError, match="timeout must be > 0"):
     launch.launch(CHILD, 1, timeout=0)
+  with pytest.raises(ValueError, match=r"heartbeat_timeout must be an int >= 1 .*got 0"):
+    launch.launch(CHILD, 1, heartbeat_timeout=0)
 
 
 def test_distributed_resolve_flags_win_over_environment():
@@ -177,6 +180,23 @@ def test_distributed_resolve_flags_win_over_environment():
     distributed.resolve(num_processes=2, environ={})
   with pytest.raises(ValueError, match="devices_per_process must be >= 1"):
     distributed.resolve(devices_per_process=0, environ={})
+
+
+def test_distributed_heartbeat_timeout_from_flag_or_environment():
+  env = {distributed.ENV_HEARTBEAT_TIMEOUT: "12"}
+  assert distributed.resolve(environ={}).heartbeat_timeout is None  # JAX's default
+  assert distributed.resolve(environ=env).heartbeat_timeout == 12
+  assert distributed.resolve(heartbeat_timeout=5, environ=env).heartbeat_timeout == 5
+  with pytest.raises(ValueError, match="heartbeat_timeout must be >= 1; got 0"):
+    distributed.resolve(heartbeat_timeout=0, environ={})
+  with pytest.raises(ValueError, match="COMPOPT_HEARTBEAT_TIMEOUT must be >= 1; got -3"):
+    distributed.resolve(environ={distributed.ENV_HEARTBEAT_TIMEOUT: "-3"})
+  penv = launch.process_env({}, coordinator="h:1", num_processes=2, process_id=0, local_rank=0,
+                            devices_per_process=1, heartbeat_timeout=9)
+  assert penv[distributed.ENV_HEARTBEAT_TIMEOUT] == "9"
+  assert distributed.ENV_HEARTBEAT_TIMEOUT not in launch.process_env(
+      {}, coordinator="h:1", num_processes=2, process_id=0, local_rank=0,
+      devices_per_process=1)
 
 
 # ------------------------------------------------------ examples.main, P > 1
@@ -274,3 +294,100 @@ def test_two_processes_resume_bit_for_bit(tmp_path):
   for r in resumed:
     if r["step"] in (2, 6):  # 4 covers steps 3..4 only in the resumed run
       assert r == full[r["step"]]
+
+
+def checkpoint_steps(run_dir):
+  """The steps of the complete checkpoints in ``run_dir`` (orbax renames a
+  step's temporary directory to its number once every process has written)."""
+  path = os.path.join(run_dir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def timed(fn, *args, **kwargs):
+  """fn's result and the monotonic time it returned."""
+  result = fn(*args, **kwargs)
+  return result, time.monotonic()
+
+
+HEARTBEAT_S = 10
+
+
+@pytest.mark.slow  # five launches of two processes, one waiting out a heartbeat timeout
+def test_a_dead_process_ends_the_run_and_a_restart_resumes_bit_for_bit(tmp_path):
+  """One process of a 2-process examples.main run dies mid-training, after
+  its second checkpoint:
+
+  * ``kill``: SIGKILL, both processes under one launcher, which stops the
+    other at once;
+  * ``freeze``: SIGSTOP (a hung process, or a machine that vanished without
+    closing its connections), each process under a launcher of its own as
+    on two machines: the survivor waits in a collective or a barrier until
+    jax.distributed, with a heartbeat timeout of 10 s, ends it.
+
+  Restarting both processes from the last checkpoint then ends with the
+  parameters and metrics of a run that never stopped, bit for bit."""
+  steps = 40
+
+  def args(name, piddir=None):
+    flags = main_args(tmp_path / name, methods="()", method="ef_sgd",
+                      compressor="top_k(ratio=0.1)", num_steps=steps, log_every=2,
+                      eval_every=steps, checkpoint_every=4)
+    return ["main", str(piddir)] + flags if piddir else flags
+
+  def stop_after_a_checkpoint(name, futures, ranks, sig):
+    """Sends ``sig`` to the process of rank ``ranks[-1]`` once run ``name``
+    has its second checkpoint; the time it was sent."""
+    piddir = tmp_path / f"{name}_pids"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (len(checkpoint_steps(tmp_path / name)) >= 2
+               and len(read_pids(piddir, ranks)) == len(ranks)):
+      assert not any(f.done() for f in futures), [f.result()[0][1][-3000:] for f in futures]
+      assert time.monotonic() < deadline, "no second checkpoint"
+      time.sleep(0.05)
+    os.kill(read_pids(piddir, ranks)[ranks[-1]], sig)
+    return time.monotonic(), read_pids(piddir, ranks)
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    full = pool.submit(run_launch, "examples.main", 2, args("full"), cwd=str(tmp_path))
+
+    # kill: the launcher notices and stops the other process.
+    (tmp_path / "kill_pids").mkdir()
+    killed = pool.submit(timed, run_launch, CHILD, 2, args("kill", tmp_path / "kill_pids"),
+                         cwd=str(tmp_path), grace_period=2.0, heartbeat_timeout=HEARTBEAT_S)
+    t_kill, pids = stop_after_a_checkpoint("kill", [killed], [0, 1], signal.SIGKILL)
+    (code, text, log, _), t_end = killed.result()
+    assert code == 128 + signal.SIGKILL, text[-3000:] + log
+    assert "process 1 was killed by SIGKILL; stopping the others" in log
+    assert t_end - t_kill < 10, t_end - t_kill
+    assert all(gone(p) for p in pids.values())
+    assert checkpoint_steps(tmp_path / "kill")[-1] < steps  # it died mid-training
+
+    # freeze: two launchers, as on two machines; the heartbeat ends rank 0.
+    (tmp_path / "freeze_pids").mkdir()
+    coordinator = f"127.0.0.1:{launch.free_port()}"
+    nodes = [pool.submit(timed, run_launch, CHILD, 1, args("freeze", tmp_path / "freeze_pids"),
+                         cwd=str(tmp_path), num_nodes=2, node_rank=r, coordinator=coordinator,
+                         grace_period=2.0, heartbeat_timeout=HEARTBEAT_S) for r in range(2)]
+    t_stop, pids = stop_after_a_checkpoint("freeze", nodes, [0, 1], signal.SIGSTOP)
+    try:
+      (code, text, log, _), t_end = nodes[0].result(timeout=TIMEOUT_S)
+    finally:
+      os.kill(pids[1], signal.SIGKILL)  # the hung machine is gone for good
+    # jax.distributed aborts it (SIGABRT), or raises in a barrier of the
+    # coordination service (orbax's), which ends it with code 1
+    assert code in (128 + signal.SIGABRT, 1), text[-3000:] + log
+    assert "heartbeat" in text[-5000:].lower(), text[-5000:]
+    assert t_end - t_stop < 2 * HEARTBEAT_S, t_end - t_stop  # not JAX's default 100 s
+    assert nodes[1].result()[0][0] == 128 + signal.SIGKILL
+    assert checkpoint_steps(tmp_path / "freeze")[-1] < steps
+
+    # Restart every process: they resume from the last checkpoint.
+    restarts = {name: pool.submit(run_launch, "examples.main", 2, args(name),
+                                  cwd=str(tmp_path)) for name in ("kill", "freeze")}
+    for future in [full] + list(restarts.values()):
+      code, text, log, _ = future.result()
+      assert code == 0, text[-5000:] + log
+  for name in ("kill", "freeze"):
+    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / name),
+                 final_params(tmp_path / "full"))
+    assert history(tmp_path / name) == history(tmp_path / "full")
