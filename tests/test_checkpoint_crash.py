@@ -14,7 +14,7 @@ import pytest
 import _checkpoint_child as child
 import compopt
 
-KILLS = 12
+KILLS = 10
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,9 @@ directories, so none of them blocks it.
 Several processes (``jax.distributed``): every process calls :func:`save` and
 writes its shards; process 0 (orbax's primary host, which also renames
 orbax's temporary directory) alone repairs, renames and deletes, between
-barriers, so every process sees the same directories and returns once the
-new checkpoint is in place. The directory must be on a file system that all
+barriers: none of them starts while a process may still read the directory
+(a restore just before), every process sees the same directories, and each
+returns once the new checkpoint is in place. The directory must be on a file system that all
 processes share, as orbax requires.
 """
 
@@ -139,6 +140,7 @@ def save(directory, tree, *, force: bool = False) -> None:
     ValueError: ``directory`` holds a checkpoint and ``force`` is False.
   """
   path = _path(directory)
+  _barrier("compopt_checkpoint_save_begin")  # no process still reads the old one
   if jax.process_index() == 0:
     _recover(path)
   _barrier("compopt_checkpoint_save_start")
