@@ -189,8 +189,9 @@ def launch(module_or_argv: str | Sequence[str], num_processes: int, *,
            args: Sequence[str] = (), devices_per_process: int = 1,
            coordinator: str | None = None, num_nodes: int = 1, node_rank: int = 0,
            timeout: float | None = None, grace_period: float = 5.0,
-           heartbeat_timeout: int | None = None, env: Mapping[str, str] | None = None, prefix_output: bool = True,
-           output: IO | None = None, cwd: str | None = None, poll_interval: float = 0.05,
+           heartbeat_timeout: int | None = None, env: Mapping[str, str] | None = None,
+           prefix_output: bool = True, output: IO | None = None, cwd: str | None = None,
+           poll_interval: float = 0.05,
            log: IO | None = None) -> int:
   """Runs ``num_processes`` processes of a module (or a command) as one
   multi-process JAX run and returns its exit code.

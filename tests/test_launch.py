@@ -92,7 +92,8 @@ def test_command_line_ranks_on_a_second_node():
   proc = subprocess.run(
       [sys.executable, "-m", "examples.launch", "-n", "2", "--nnodes", "3", "--node_rank", "1",
        "--coordinator", "127.0.0.1:1", "--module", "_launch_child", "--timeout", "60",
-       "--heartbeat_timeout", "7", "--", "echo"], env=child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+       "--heartbeat_timeout", "7", "--", "echo"],
+      env=child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   for r, local in ((2, 0), (3, 1)):  # ranks node_rank * n + i of 6
     assert f"[{r}] rank {r} of 6 local {local} devices 1 heartbeat 7 " in proc.stdout
