@@ -4,8 +4,8 @@
 Crash safety. Orbax writes a checkpoint into ``<directory>.orbax-checkpoint-tmp``
 and renames it to ``<directory>`` once every process has written its part, so
 a new checkpoint appears whole or not at all; but to overwrite (``force=True``)
-it deletes the old directory first, and a process killed during the write
-leaves no checkpoint at all. :func:`save` therefore writes an overwrite beside
+it deletes the old directory first, and a process killed before the rename
+leaves no checkpoint (or, killed during the deletion, a half-deleted one). :func:`save` therefore writes an overwrite beside
 the old checkpoint and swaps the two by renames, and :func:`restore` reads
 whichever complete checkpoint a crash left. The names, for a checkpoint
 ``ckpt``:
@@ -35,8 +35,8 @@ writes its shards; process 0 (orbax's primary host, which also renames
 orbax's temporary directory) alone repairs, renames and deletes, between
 barriers: none of them starts while a process may still read the directory
 (a restore just before), every process sees the same directories, and each
-returns once the new checkpoint is in place. The directory must be on a file system that all
-processes share, as orbax requires.
+returns once the new checkpoint is in place. The directory must be on a file
+system that all processes share, as orbax requires.
 """
 
 from __future__ import annotations
