@@ -34,8 +34,9 @@ COMPRESSORS = {
     "natural_dithering": (C.natural_dithering(3), LARGE, 5),
     "terngrad": (C.terngrad(), LARGE, 3),  # isolated inf-norm, _amax's two
     "sign": (C.sign(), LARGE, 2),  # isolated ‖x‖₁, overflow check
-    "scaled_sign": (C.scaled_sign(), LARGE, 1),  # isolated ‖x‖₁
-    "block_sign": (C.block_sign(1024), LARGE, 1),  # isolated block sums
+    # isolated ‖x‖₁ (block sums), the rescaled sums where one overflowed
+    "scaled_sign": (C.scaled_sign(), LARGE, 2),
+    "block_sign": (C.block_sign(1024), LARGE, 2),
 }
 
 

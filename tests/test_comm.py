@@ -113,13 +113,15 @@ def test_bits_are_the_payload_bytes_all_gather():
 def test_bits_dense_all_reduce_follow_the_ring_convention():
   n, tree = 8, {"w": jnp.zeros((10, 3)), "b": jnp.zeros(3, jnp.bfloat16)}
   _, _, state = _stacked_run(compopt.psgd(0.1, axis_name=AXIS), n, tree, 2)
-  dense = 30 * 32 + 3 * 16
+  # The sum runs in float32 whatever the leaves' dtype (the same numbers in
+  # every mode), so the bfloat16 leaf crosses the wire as float32.
+  dense = 30 * 32 + 3 * 32
   ring = 2 * (n - 1) * dense // n  # 2(n − 1)/n × the dense bits, each way
   assert compopt.comm_bits(state) == ([2 * ring] * n, [2 * ring] * n, [2 * dense] * n)
   c = C.rand_k(3, shared=True)  # values only
   _, _, state = _stacked_run(compopt.dcsgd(0.1, compressor=c, axis_name=AXIS), n, tree)
-  values = 3 * 32 + 3 * 16
-  assert C.tree_wire_bits(c, tree) == values
+  assert C.tree_wire_bits(c, tree) == 3 * 32 + 3 * 16  # the compressor's own payload
+  values = 3 * 32 + 3 * 32  # summed in float32 on the wire
   assert compopt.comm_bits(state).uplink == [2 * (n - 1) * values // n] * n
   assert compopt.comm_bits(state).payload == [values] * n
 

@@ -236,11 +236,13 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
   member, weights = _weights(sampling, sample_key, n, i, owner)
   payload = compressor.encode(compress_key, leaves)
   own = compressor.decode(payload, like, key=compress_key) if return_own else None
+  # The payloads are summed in float32 (ACCUMULATION_DTYPE), whatever the
+  # leaves' dtype, so that every mode of running adds them alike (a bfloat16
+  # sum is done in bfloat16 under vmap but widened on some backends).
+  payload = jax.tree.map(lambda p: p.astype(ACCUMULATION_DTYPE), payload)
   if member is not None:  # members send C(x_i)/p_i, the others zeros
     scale = weights[i] * n
-    payload = jax.tree.map(
-        lambda p: jnp.where(member, p.astype(jnp.float32) * scale, 0).astype(p.dtype),
-        payload)
+    payload = jax.tree.map(lambda p: jnp.where(member, p * scale, 0), payload)
   parts, payload_def = jax.tree.flatten(payload)
   if axis_name is None:
     summed, sent = parts, counters.zero_bits()
@@ -248,8 +250,9 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
     summed = _psum_packed(parts, axis_name)
     bits = wire.nbytes(parts) * 8
     sent = _moved(_ring_bits(n, bits), _own_payload(member, bits))
-  decoded = compressor.decode(payload_def.unflatten(summed), like, key=compress_key)
-  mean = [d.astype(ACCUMULATION_DTYPE) / n for d in decoded]
+  wide = [jax.ShapeDtypeStruct(l.shape, ACCUMULATION_DTYPE) for l in leaves]
+  decoded = compressor.decode(payload_def.unflatten(summed), wide, key=compress_key)
+  mean = [d / n for d in decoded]
   return Exchanged(treedef.unflatten(mean),
                    treedef.unflatten(own) if return_own else None, sent, None)
 
@@ -299,9 +302,13 @@ def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
-  own = compressor.decode(payload, _like(leaves), key=enc_key)
+  like = _like(leaves)
+  own = compressor.decode(payload, like, key=enc_key) if return_own else None
   w = weights[i]
-  contrib = [jnp.where(w > 0, o.astype(ACCUMULATION_DTYPE) * w, 0) for o in own]
+  # C(x_i) in float32, not rounded to the leaf's dtype (whose range a decoded
+  # value such as rand_k's (d/k)·x_j may leave).
+  contrib = [jnp.where(w > 0, o * w, 0)
+             for o in compressor.decode_wide(payload, like, key=enc_key)]
   summed = _psum_packed(contrib, axis_name)
   dense_bits = sum(l.size for l in leaves) * 32
   sent = _moved(_ring_bits(n, dense_bits), _own_payload(member, wire.nbytes(payload) * 8))
@@ -335,6 +342,11 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   size = sum(l.size for l in leaves)
   dtypes = {np.dtype(l.dtype) for l in leaves}
   wire_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+  if size > cbase.MAX_LEAF_SIZE:
+    raise ValueError(
+        f"{owner}: two_phase flattens the update into one vector of D = {size} "
+        f"coordinates; at most 2**31 - 1 = {cbase.MAX_LEAF_SIZE} are supported "
+        "(positions are int32). Use another exchange scheme for this model.")
   chunk = schemes.chunk_size(size, n)  # c = ⌈D/n⌉, the vector padded to n·c
   rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
   row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
@@ -376,6 +388,12 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
     # The owned chunk of the flat server error (coordinates past D read as 0).
     owned = me * chunk + jnp.arange(chunk)
     if scheme.keeps_server_error:
+      if getattr(state, "server_error", None) is None or state.server_error.shape != (size,):
+        got = getattr(getattr(state, "server_error", None), "shape", None)
+        raise ValueError(
+            f"{owner}: the updates do not match the state: two_phase's server error "
+            f"was initialised for {got[0] if got else '?'} coordinates, but the "
+            f"updates have {size}. Call init with the same params tree you update.")
       v = v + state.server_error.at[owned].get(mode="fill", fill_value=0)
     v_like = jax.ShapeDtypeStruct((chunk,), jnp.float32)
     s_key = jax.random.fold_in(server_base, me)

@@ -54,6 +54,8 @@ Compressors whose payload is linear and shared by all workers
 (``Compressor.linear_payload``: identity, ``rand_k(shared=True)``) are
 all-reduced as payloads and decoded once under ``allgather``, ``allreduce``
 and ``auto``: 2(n − 1)/n·P each way, never more than any of the three moves.
+The sum runs in float32, so P counts 32 bits per value whatever the leaves'
+dtype (a bfloat16 sum would depend on the mode of running and lose digits).
 ``two_phase`` runs as described for them too.
 
 The cost model is the α-β model of collectives (Thakur, Rabenseifner, Gropp,

@@ -41,6 +41,27 @@ def compute_dtype(dtype) -> np.dtype:
   return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+def pow2_normalizer(amax: jax.Array):
+  """(f, e): a power of two f = 2^−e with amax·f in [0.5, 1), for scaling a
+  leaf whose largest magnitude is ``amax`` (a scalar or an array, float32 or
+  float64) into a range where sums, squares and reciprocals neither
+  overflow nor flush to zero; 2^e undoes it (:func:`jnp.ldexp`).
+
+  Scaling by a power of two is exact, so a computation on x·f is the same,
+  bit for bit, at every magnitude of x. e is clipped so that f is a normal
+  number (an XLA CPU flushes subnormals to 0); amax = 0, inf or NaN gives f = 1.
+  """
+  fi = jnp.finfo(amax.dtype)
+  _, e = jnp.frexp(amax)
+  e = jnp.where(jnp.isfinite(amax) & (amax > 0), e, 0)
+  e = jnp.clip(e, 1 - int(fi.maxexp), -int(fi.minexp))  # 2^−e normal
+  return jnp.ldexp(jnp.ones_like(amax), -e), e
+
+
+#: The largest leaf a compressor takes: positions and counts are int32.
+MAX_LEAF_SIZE = 2**31 - 1
+
+
 #: Up to this many payloads, :meth:`Compressor.decode_sum` decodes them one
 #: by one into a running sum; beyond, one vmapped decode and a reduction.
 UNROLL_MAX = 64
@@ -162,7 +183,8 @@ class Compressor(abc.ABC):
     """Σ_j w_j C_j in float32, from n payloads stacked on a leading axis.
 
     The aggregation step of an all-gather: payload j (``jax.tree.map(lambda
-    a: a[j], payloads)``) decoded, cast to float32, times ``weights[j]``, and
+    a: a[j], payloads)``) decoded in float32 (:meth:`decode_wide`: never
+    rounded to x's dtype, whose range a decoded value may leave), times ``weights[j]``, and
     summed over j; a payload whose weight is <= 0 is skipped (a non-member's
     zeros may decode to NaN). Sparse payloads (top_k, rand_k, rand_k_wangni)
     are added into one vector by one scatter, O(d + n·k); the others are
@@ -212,6 +234,11 @@ class Compressor(abc.ABC):
     x = checks.check_array(x, self.name)
     if x.size == 0:
       return {}
+    if x.size > MAX_LEAF_SIZE:
+      raise ValueError(
+          f"{self.name}: a leaf of shape {tuple(x.shape)} has {x.size} coordinates; at "
+          f"most 2**31 - 1 = {MAX_LEAF_SIZE} per leaf are supported (positions and "
+          "counts are int32). Split the leaf into smaller arrays.")
     return self._encode(key, x.reshape(-1))
 
   def _decode_sum_leaf(self, payloads, like, weights, key):
@@ -226,12 +253,12 @@ class Compressor(abc.ABC):
       parts = [first] + [self._sparse(row(j), size, dtype, key) for j in range(1, n)]
       idx = jnp.concatenate([i for i, _ in parts])
       values = jnp.concatenate([
-          jnp.where(weights[j] > 0, v.astype(dtype).astype(jnp.float32) * weights[j], 0)
+          jnp.where(weights[j] > 0, v.astype(jnp.float32) * weights[j], 0)
           for j, (_, v) in enumerate(parts)])
       total = jnp.zeros((size,), jnp.float32).at[idx].add(values, mode="drop")
       return total.reshape(shape)
     if n > UNROLL_MAX:
-      decoded = jax.vmap(lambda p: self._decode_leaf(p, like, key))(payloads)
+      decoded = jax.vmap(lambda p: self._decode_wide(p, like, key))(payloads)
       w = weights.reshape((n,) + (1,) * len(shape))
       return jnp.sum(jnp.where(w > 0, decoded.astype(jnp.float32) * w, 0), axis=0)
     total = None
@@ -240,7 +267,7 @@ class Compressor(abc.ABC):
       # decode of all n and a sum over the leading axis is two passes over n
       # vectors, and on XLA's CPU backend a reduction over the major axis
       # runs in a slow loop: 150x slower for 4 sign payloads of 5.8M.)
-      d = self._decode_leaf(row(j), like, key).astype(jnp.float32)
+      d = self._decode_wide(row(j), like, key)
       term = jnp.where(weights[j] > 0, d * weights[j], 0)
       total = term if total is None else total + term
     return total
@@ -251,6 +278,30 @@ class Compressor(abc.ABC):
     if size == 0:
       return jnp.zeros(shape, dtype)
     return self._decode(payload, size, dtype, key).astype(dtype).reshape(shape)
+
+  def _decode_wide(self, payload, like, key):
+    """C(x) in float32, never rounded to x's dtype on the way: a decoded
+    value may leave that dtype's range (rand_k's (d/k)·x_j, a natural power
+    2^16 of a float16 leaf) and still be exact in the float32 aggregate."""
+    shape, dtype = tuple(like.shape), np.dtype(like.dtype)
+    size = _size(shape)
+    if size == 0:
+      return jnp.zeros(shape, jnp.float32)
+    return self._decode(payload, size, dtype, key).astype(jnp.float32).reshape(shape)
+
+  def decode_wide(self, payload, like, *, key=None):
+    """Dense C(x) in float32, as :meth:`decode` but without rounding to x's
+    dtype: what the communication layer adds into its float32 aggregate."""
+    if self.decode_needs_key:
+      key = checks.check_key(key, f"{self.name}.decode_wide")
+    if _is_leaf(like):
+      return self._decode_wide(payload, like, key)
+    treedef = jax.tree.structure(like)
+    payloads = treedef.flatten_up_to(payload)
+    likes = treedef.flatten_up_to(like)
+    keys = leaf_keys(key, len(likes))
+    return treedef.unflatten(
+        [self._decode_wide(p, l, k) for p, l, k in zip(payloads, likes, keys)])
 
 
 def check_compressor(compressor, owner: str, name: str = "compressor") -> Compressor:

@@ -101,8 +101,8 @@ class Induced(base.Compressor):
   def _decode(self, payload, size, dtype, key):
     k1, k2 = _split(key)
     ct = base.compute_dtype(dtype)
-    d1 = self.c1._decode(payload["c1"], size, dtype, k1).astype(dtype)
-    d2 = self.c2._decode(payload["c2"], size, dtype, k2).astype(dtype)
+    d1 = self.c1._decode(payload["c1"], size, dtype, k1)
+    d2 = self.c2._decode(payload["c2"], size, dtype, k2)
     return d1.astype(ct) + d2.astype(ct)
 
   @property
@@ -117,7 +117,7 @@ class Induced(base.Compressor):
       return None
     ct = base.compute_dtype(dtype)
     return (jnp.concatenate([s1[0], s2[0]]),
-            jnp.concatenate([s1[1].astype(dtype).astype(ct), s2[1].astype(dtype).astype(ct)]))
+            jnp.concatenate([s1[1].astype(ct), s2[1].astype(ct)]))
 
   def _wire_bits(self, size, dtype):
     return self.c1._wire_bits(size, dtype) + self.c2._wire_bits(size, dtype)
@@ -263,7 +263,7 @@ class FCC(_Wrapper):
       residual = (target - v).astype(x.dtype)  # v* − v^r
       payload = self.inner._encode(kr, residual)  # c^r = C(v* − v^r)
       payloads.append(payload)
-      c_r = self.inner._decode(payload, x.size, x.dtype, kr).astype(x.dtype)
+      c_r = self.inner._decode(payload, x.size, x.dtype, kr)
       v = v + c_r.astype(ct)  # v^{r+1} = v^r + c^r
     return {"rounds": payloads}
 
@@ -272,7 +272,7 @@ class FCC(_Wrapper):
     v = jnp.zeros((size,), ct)
     for r, p in enumerate(payload["rounds"]):
       kr = self._round_key(key, r)
-      v = v + self.inner._decode(p, size, dtype, kr).astype(dtype).astype(ct)
+      v = v + self.inner._decode(p, size, dtype, kr).astype(ct)
     return v
 
   def _wire_bits(self, size, dtype):

@@ -112,12 +112,14 @@ def _amax(v):
 
 
 def _scaled_norm2(v):
-  """‖v‖₂ as amax·‖v/amax‖₂: no overflow or underflow, three passes."""
-  a = jnp.abs(v)
+  """‖v‖₂ as 2^e·‖v·2^−e‖₂ with 2^e the power of two at max_j |v_j|: no
+  overflow or underflow, three passes. The scaling is exact, so where the
+  plain sqrt(Σ v²) is finite and normal, both give the same bits."""
   amax = _amax(v)
-  safe = jnp.where(amax > 0, amax, 1)
-  scaled = jnp.where(jnp.isfinite(safe), a / safe, a)
-  return jnp.where(jnp.isfinite(safe), safe * jnp.sqrt(jnp.sum(scaled * scaled)), amax)
+  f, e = base.pow2_normalizer(amax)
+  scaled = jnp.abs(v) * f
+  out = jnp.ldexp(jnp.sqrt(jnp.sum(scaled * scaled)), e)
+  return jnp.where(jnp.isfinite(amax), out, amax)
 
 
 def _norm(x, p, ct=None):
@@ -151,6 +153,11 @@ def _norm(x, p, ct=None):
   return fusion.per_backend(cpu, default, x)
 
 
+#: The most levels a dithering quantizer takes: its rounding runs in float32,
+#: whose 24-bit mantissa cannot tell more levels apart.
+MAX_LEVELS = 2**24
+
+
 @dataclasses.dataclass(frozen=True)
 class Dithering(base.Compressor):
   """Random dithering (QSGD) with s uniform levels, or natural dithering.
@@ -176,7 +183,10 @@ class Dithering(base.Compressor):
     xc = x.astype(ct)
     nrm = fusion.isolated(lambda v: _norm(v, self.norm, ct), x)
     a = jnp.abs(xc)
-    y = jnp.where(nrm > 0, a / jnp.where(nrm > 0, nrm, 1), 0)
+    # y = |x|/‖x‖, both scaled by the same power of two first: XLA computes
+    # a/nrm as a·(1/nrm), and 1/nrm flushes to 0 for ‖x‖ ≥ 2^126 (float32).
+    f, _ = base.pow2_normalizer(nrm)
+    y = jnp.where(nrm > 0, (a * f) / jnp.where(nrm > 0, nrm * f, 1), 0)
     u = rng.uniform(key, a.size, ct)
     if self.natural and ct == np.float32:
       # y = 2^(E−127)(1 + m/2^23): level 2^(E−127) has code E − 127 + s and
@@ -273,13 +283,13 @@ def random_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
     via gradient quantization and encoding, NeurIPS 2017.
     https://arxiv.org/abs/1610.02132
   """
-  levels = checks.check_int(levels, "levels", "random_dithering")
+  levels = checks.check_int(levels, "levels", "random_dithering", hi=MAX_LEVELS)
   return Dithering(levels=levels, norm=_check_norm(norm, "random_dithering"))
 
 
 def qsgd(levels: int = 1, *, norm: float | str = 2) -> Dithering:
   """QSGD: the same compressor as :func:`random_dithering` (default 2-norm)."""
-  levels = checks.check_int(levels, "levels", "qsgd")
+  levels = checks.check_int(levels, "levels", "qsgd", hi=MAX_LEVELS)
   return Dithering(levels=levels, norm=_check_norm(norm, "qsgd"), name="qsgd")
 
 
@@ -299,7 +309,7 @@ def natural_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
     Horváth, Ho, Horváth, Sahu, Canini, Richtárik. Natural compression for
     distributed deep learning, 2019. https://arxiv.org/abs/1905.10988
   """
-  levels = checks.check_int(levels, "levels", "natural_dithering")
+  levels = checks.check_int(levels, "levels", "natural_dithering", hi=MAX_LEVELS)
   return Dithering(levels=levels, norm=_check_norm(norm, "natural_dithering"),
                    natural=True, name="natural_dithering")
 

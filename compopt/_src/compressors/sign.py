@@ -89,15 +89,38 @@ class BlockSign(base.Compressor):
     block, nblocks = self._blocks(x.size)
     full = x.size // block  # whole blocks, summed row by row; then the tail
 
-    def block_sums(v):
+    def per_block(v, reduce, scale=None):
       a = jnp.abs(v.astype(ct))
-      sums = [jnp.sum(a[:full * block].reshape(full, block), axis=1)] if full else []
+      out = []
+      if full:
+        rows = a[:full * block].reshape(full, block)
+        out.append(reduce(rows if scale is None else rows * scale[:full, None], axis=1))
       if full < nblocks:
-        sums.append(jnp.sum(a[full * block:])[None])
-      return jnp.concatenate(sums) if len(sums) > 1 else sums[0]
+        tail = a[full * block:] if scale is None else a[full * block:] * scale[-1]
+        out.append(reduce(tail)[None])
+      return jnp.concatenate(out) if len(out) > 1 else out[0]
 
     counts = jnp.full((nblocks,), block, ct).at[-1].set(x.size - block * (nblocks - 1))
-    scales = fusion.isolated(block_sums, x) / counts
+    scales = fusion.isolated(lambda v: per_block(v, jnp.sum), x) / counts
+
+    def rescaled(v):
+      # ‖x_B‖₁ overflowed although the mean |x_j| of the block cannot: sum
+      # |x_j|·2^−e with 2^e the power of two at the block's largest |x_j|
+      # (exact scaling), take the mean, and scale back by 2^e.
+      amax = per_block(v, jnp.max)
+      f, e = base.pow2_normalizer(amax)
+      mean = jnp.minimum(per_block(v, jnp.sum, f) / counts, amax * f)
+      # Only an overflowed sum (inf) of a finite block is replaced: a NaN or
+      # inf in the input keeps its NaN/inf sum (a CPU max may drop a NaN).
+      return jnp.where(jnp.isinf(scales) & jnp.isfinite(amax), jnp.ldexp(mean, e), scales)
+
+    def cpu(v):  # the rescaled pass only where a sum overflowed
+      return jax.lax.cond(jnp.all(jnp.isfinite(scales)), lambda v: scales, rescaled, v)
+
+    def default(v):
+      return jnp.where(jnp.isfinite(scales), scales, rescaled(v))
+
+    scales = fusion.per_backend(cpu, default, x)
     return {"signs": wire.pack_bits(x < 0), "scales": scales}
 
   def _decode(self, payload, size, dtype, key):

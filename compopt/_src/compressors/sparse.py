@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from compopt._src import checks
@@ -351,25 +352,36 @@ class RandKWangni(base.Compressor):
   def _k(self, size):
     return resolve_k(self.k, self.ratio, size, self.name)
 
+  @staticmethod
+  def _value_dtype(dtype):
+    # x_j/p_j reaches ‖x‖₁: float16's range (65504) cannot hold it for
+    # ordinary gradients, so float16 leaves send float32 values.
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
   def _encode(self, key, x):
     k = self._k(x.size)
     ct = base.compute_dtype(x.dtype)
     a = jnp.abs(x.astype(ct))
-    p = wangni_probabilities(a, k)
+    # p is scale-free: computed on |x|·2^−e (exact) so that Σ|x_j| cannot
+    # overflow nor λ flush to zero at the ends of the dtype's range.
+    f, _ = base.pow2_normalizer(jnp.max(a))
+    p = wangni_probabilities(a * f, k)
     idx, valid, prob = systematic_sample(key, p, k)
     values = (jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, prob, 1), 0)
               + nonfinite_poison(x).astype(ct))
-    return {"values": values.astype(x.dtype),
+    return {"values": values.astype(self._value_dtype(x.dtype)),
             "indices": jnp.where(valid, idx, 0).astype(wire.index_dtype(x.size))}
 
   def _decode(self, payload, size, dtype, key):
-    return scatter(size, dtype, payload["indices"], payload["values"])
+    return scatter(size, base.compute_dtype(dtype), payload["indices"], payload["values"])
 
   def _sparse(self, payload, size, dtype, key):
     return payload["indices"].astype(jnp.int32), payload["values"]
 
   def _wire_bits(self, size, dtype):
-    return _sparse_wire_bits(self._k(size), size, dtype)
+    k = self._k(size)
+    return (k * wire.dtype_bits(self._value_dtype(dtype))
+            + k * wire.dtype_bits(wire.index_dtype(size)))
 
   def _omega(self, size):
     return size / self._k(size) - 1.0
