@@ -261,6 +261,22 @@ def check_array(x, owner: str):
   return x
 
 
+def check_floating_tree(tree, owner: str, name: str = "updates"):
+  """Every leaf of ``tree`` has a floating-point dtype: the one rule of every
+  method for gradients (an integer or bool gradient is refused, not cast)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = jnp.asarray(leaf).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      where = jax.tree_util.keystr(path) or "(the root)"
+      raise TypeError(
+          f"{owner}: `{name}` must have floating-point leaves (float16, bfloat16, "
+          f"float32 or float64); leaf {where} has dtype {dtype}. Differentiate "
+          "with respect to floating parameters, or cast the gradients.")
+  return tree
+
+
 def check_same_tree(updates, buffer, owner: str, field: str):
   """A clear error when ``updates`` does not match a params-shaped buffer."""
   t_u, t_b = jax.tree.structure(updates), jax.tree.structure(buffer)

@@ -20,7 +20,6 @@ Alg. 2). Around a compressed method three things matter that
 
 from __future__ import annotations
 
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -73,47 +72,6 @@ class AccumulateState(NamedTuple):
   skipped_micro: jax.Array  # int32, this worker's non-finite micro-batches left out so far
   inner_state: Any  # the wrapped transformation's state
   guard: Any  # SkipNonfiniteState when `inner` has no guard of its own, else None
-
-
-def _default_skip(fn) -> bool:
-  return getattr(fn, "__qualname__", "").startswith("MultiSteps.__init__.<locals>")
-
-
-def skipping_multisteps():
-  """The ``optax.MultiSteps`` with a ``should_skip_update_fn`` whose ``init`` or
-  ``update`` is running further up the Python call stack, or None.
-
-  Such a wrapper calls its inner update in a ``lax.cond`` on a predicate each
-  worker computes from its own gradient. Inner collectives then run on some
-  workers only: under ``shard_map`` and ``pmap`` the others wait in them
-  until XLA aborts (40 s on CPU); under ``vmap`` the skipping worker's
-  window counter falls behind the others'. JAX exposes no public way to ask
-  whether a trace is inside a ``lax.cond`` branch, so this looks for the one
-  composition known to do it, by walking the call stack (at ``init`` and at
-  trace time only, never in the compiled step).
-  """
-  frame = sys._getframe(1)  # pylint: disable=protected-access
-  while frame is not None:
-    if frame.f_code.co_name in ("init", "update"):
-      owner = frame.f_locals.get("self")
-      if isinstance(owner, optax.MultiSteps):
-        fn = getattr(owner, "_should_skip_update_fn", None)
-        if fn is not None and not _default_skip(fn):
-          return owner
-    frame = frame.f_back
-  return None
-
-
-def check_not_under_skipping_multisteps(owner: str) -> None:
-  """Raises ValueError when :func:`skipping_multisteps` finds a wrapper."""
-  if skipping_multisteps() is not None:
-    raise ValueError(
-        f"{owner}: optax.MultiSteps(..., should_skip_update_fn=...) around a "
-        "transformation that communicates deadlocks: it skips on a predicate each "
-        "worker computes alone, so some workers leave the collectives the others "
-        "wait in. Use compopt.accumulate(inner, every_k, axis_name=...) instead: "
-        "it skips non-finite micro-batches per worker without branching around "
-        "a collective.")
 
 
 def _acc_dtype(dtype):
@@ -227,7 +185,7 @@ def accumulate(
   guarded = guard_lib.skip_nonfinite(inner, axis_name=axis_name)
 
   def init_fn(params):
-    check_not_under_skipping_multisteps(_OWNER)
+    guard_lib.check_not_under_skipping_multisteps(_OWNER)
     inner_state = inner.init(params)
     has_guard = bool(counters.find(inner_state, guard_lib.SkipNonfiniteState))
     return AccumulateState(
@@ -250,7 +208,7 @@ def accumulate(
     return updates, guarded_state.inner_state, guarded_state._replace(inner_state=None)
 
   def update_fn(updates, state, params=None, **extra_args):
-    check_not_under_skipping_multisteps(_OWNER)
+    guard_lib.check_not_under_skipping_multisteps(_OWNER)
     checks.check_same_tree(updates, state.acc, _OWNER, "acc")
     finite = jnp.logical_not(comm.has_nonfinite(updates))
     # The NaN never reaches the sum: a select, not a product with 0.

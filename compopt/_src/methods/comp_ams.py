@@ -166,15 +166,20 @@ def comp_ams(
     error_feedback: ``False`` sends C(g_i) without memory (the paper's
       "without EF" comparisons).
     optax_amsgrad: use ``optax.scale_by_amsgrad`` (bias correction, ε outside
-      the root) instead of the paper's server step.
+      the root) instead of the paper's server step. It computes in the
+      updates' dtype: with float16 updates ε = 1e-8 rounds to 0 and a zero
+      coordinate gives 0/0 = NaN, so every step is skipped (and past the
+      guard's bound applied); the paper's step keeps its moments in float32.
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     error_dtype: dtype of e_i (float32 by default).
     scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase(server_compressor)``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:

@@ -149,8 +149,10 @@ def dcsgd(
     scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase(server_compressor)``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -215,8 +217,10 @@ def psgd(
       for ``"allgather"``, ``"allreduce"`` and ``"auto"``, which move more);
       ``compopt.exchange.two_phase(server_compressor)`` compresses the
       aggregate on its way back.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:

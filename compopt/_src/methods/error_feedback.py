@@ -95,6 +95,7 @@ def _error_feedback(compressor, *, axis_name, key, error_dtype, scheme, owner,
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    checks.check_floating_tree(updates, owner)
     checks.check_same_tree(updates, state.error, owner, "error")
     next_key, step_key = jax.random.split(state.key)
     # p_t = γ g_t + e_t   (Karimireddy et al. 2019, Alg. 2 line 5)
@@ -154,8 +155,10 @@ def ef_sgd(
     scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase(server_compressor)``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -220,8 +223,10 @@ def ef_signsgd(
     scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase(server_compressor)``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -356,8 +361,10 @@ def ef21(
     key: seed or PRNG key; split every step.
     state_dtype: dtype of g_i and g (float32 by default).
     scheme: how the workers exchange payloads (see :func:`ef21_estimator`).
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -506,8 +513,10 @@ def double_squeeze(
     key: seed or PRNG key; split every step.
     error_dtype: dtype of the error buffers (float32 by default).
     scheme: how the workers exchange payloads (see :func:`error_feedback`).
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:

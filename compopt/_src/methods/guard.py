@@ -4,16 +4,24 @@ One worker's NaN must not poison the others (through the mean) nor stall them
 (a worker that skips a step its peers take leaves them waiting in a
 collective). :func:`skip_nonfinite` therefore
 
-1. checks its own input for inf/NaN;
-2. agrees with the other workers through ONE 4-byte all-reduce
+1. runs the inner step on every worker (all its collectives run everywhere,
+   so no worker waits for another);
+2. checks its own input, and the update and state the step computed, for
+   inf/NaN: compression or the exchange can overflow where the input did not
+   (a float16 leaf, a decoded value beyond the dtype's range), and a NaN
+   learning rate poisons only the update and the buffers it scales, as the
+   PyTorch GradScaler checks the gradients after their all-reduce;
+3. agrees with the other workers through ONE 4-byte all-reduce
    (:func:`compopt._src.comm.any_worker`), so the decision is identical on
-   every worker;
-3. runs the inner step on every worker (all its collectives run everywhere,
-   so no worker waits for another) and, where the agreed predicate says
-   skip, keeps the inner state (error buffers, shifts, moments, keys,
-   counts, bit counters) exactly as it was and returns a zero update. The
-   choice is a select on the shared predicate, which XLA fuses into the
-   step's own passes.
+   every worker, and where it says skip keeps the inner state (error
+   buffers, shifts, moments, keys, counts, bit counters) exactly as it was
+   and returns a zero update. The choice is a select on the shared
+   predicate, which XLA fuses into the step's own passes;
+4. counts the skipped steps and, once ``max_consecutive_skips`` steps in a
+   row were skipped, applies the next non-finite step as computed (the rule
+   of ``optax.apply_if_finite``): a worker whose gradients are always NaN,
+   or a schedule that returns NaN, would otherwise stall the run in silence;
+   now the NaN reaches the parameters and every loss shows it.
 
 So a skipped step leaves no trace except the counter of skipped steps: the
 steps that follow are bit for bit those of a run in which it never happened.
@@ -25,6 +33,8 @@ optax keeps its own guard (``apply_if_finite``) with its transforms.
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,53 +53,135 @@ class SkipNonfiniteState(NamedTuple):
   inner_state: Any  # the wrapped transformation's state (None in a chain)
 
 
+#: The default bound of :func:`skip_nonfinite` and of every method's guard:
+#: after this many consecutive skipped steps the next non-finite step is
+#: applied. Dynamic loss scaling skips a handful in a row; a stuck run skips
+#: every step.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
 def _new_guard(inner_state):
   return SkipNonfiniteState(skipped=jnp.zeros([], jnp.int32),
                             consecutive=jnp.zeros([], jnp.int32), inner_state=inner_state)
 
 
-def _guarded_step(inner_update, updates, inner_state, guard, axis_name, owner,
-                  params, extra_args):
-  """One step of ``inner_update``, taken by all workers or skipped by all."""
-  bad = comm.any_worker(comm.has_nonfinite(updates), axis_name, owner=owner)
+def _check_bound(max_consecutive_skips, owner):
+  if max_consecutive_skips is None:
+    return None
+  return checks.check_int(max_consecutive_skips, "max_consecutive_skips", owner, lo=1)
 
+
+def _guarded_step(inner_update, updates, inner_state, guard, axis_name, owner,
+                  params, extra_args, max_consecutive_skips):
+  """One step of ``inner_update``, taken by all workers or skipped by all."""
   # Every worker computes the step (its collectives run everywhere, as they
   # must), then keeps the old state where the shared predicate says skip. A
   # select fuses into the step's own passes; a lax.cond made XLA copy every
   # buffer of the state through the branch (1.6x the step time on a CPU).
   out_updates, out_state = inner_update(updates, inner_state, params, **extra_args)
-  new_updates = jax.tree.map(lambda u: jnp.where(bad, jnp.zeros_like(u), u), out_updates)
-  new_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), out_state, inner_state)
-  skipped = guard.skipped + bad.astype(jnp.int32)
-  consecutive = jnp.where(bad, optax.safe_increment(guard.consecutive), 0)
-  return new_updates, new_state, guard._replace(
-      skipped=skipped, consecutive=consecutive.astype(jnp.int32))
+  # The input, and what the step made of it: an overflow inside compression
+  # or a NaN learning rate is caught before it is applied.
+  local = (comm.has_nonfinite(updates) | comm.has_nonfinite(out_updates)
+           | comm.has_nonfinite(out_state))
+  bad = comm.any_worker(local, axis_name, owner=owner)
+  skip = bad
+  if max_consecutive_skips is not None:
+    # Past the bound the step is applied as computed (optax.apply_if_finite's
+    # rule): the failure reaches the parameters, where every loss and metric
+    # shows it. The count is the same on every worker, so all give up
+    # together. (No host callback: it would stall GPUs every step and keep
+    # the step from being exported.)
+    skip = bad & (guard.consecutive < max_consecutive_skips)
+  new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), out_updates)
+  new_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), out_state, inner_state)
+  skipped = guard.skipped + skip.astype(jnp.int32)
+  consecutive = jnp.where(bad, optax.safe_increment(guard.consecutive), 0).astype(jnp.int32)
+  return new_updates, new_state, guard._replace(skipped=skipped, consecutive=consecutive)
+
+
+def _default_skip(fn) -> bool:
+  return getattr(fn, "__qualname__", "").startswith("MultiSteps.__init__.<locals>")
+
+
+def skipping_multisteps():
+  """The ``optax.MultiSteps`` with a ``should_skip_update_fn`` whose ``init`` or
+  ``update`` is running further up the Python call stack, or None.
+
+  Such a wrapper calls its inner update in a ``lax.cond`` on a predicate each
+  worker computes from its own gradient. Inner collectives then run on some
+  workers only: under ``shard_map`` and ``pmap`` the others wait in them
+  until XLA aborts (40 s on CPU); under ``vmap`` the skipping worker's
+  window counter falls behind the others'. JAX exposes no public way to ask
+  whether a trace is inside a ``lax.cond`` branch, so this looks for the one
+  composition known to do it, by walking the call stack (at ``init`` and at
+  trace time only, never in the compiled step).
+  """
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None:
+    if frame.f_code.co_name in ("init", "update"):
+      owner = frame.f_locals.get("self")
+      if isinstance(owner, optax.MultiSteps):
+        fn = getattr(owner, "_should_skip_update_fn", None)
+        if fn is not None and not _default_skip(fn):
+          return owner
+    frame = frame.f_back
+  return None
+
+
+def check_not_under_skipping_multisteps(owner: str) -> None:
+  """Raises ValueError when :func:`skipping_multisteps` finds a wrapper."""
+  if skipping_multisteps() is not None:
+    raise ValueError(
+        f"{owner}: optax.MultiSteps(..., should_skip_update_fn=...) around a "
+        "transformation that communicates deadlocks: it skips on a predicate each "
+        "worker computes alone, so some workers leave the collectives the others "
+        "wait in. Use compopt.accumulate(inner, every_k, axis_name=...) instead: "
+        "it skips non-finite micro-batches per worker without branching around "
+        "a collective.")
 
 
 def skip_nonfinite(
     inner: optax.GradientTransformation,
     *,
     axis_name: str | None = None,
+    max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Wraps ``inner`` so that a step with inf/NaN input on ANY worker is
-  skipped on ALL workers.
+  r"""Wraps ``inner`` so that a step with inf/NaN on ANY worker is skipped on
+  ALL workers: in its input, or in the update or state the step computed.
 
   Like ``optax.apply_if_finite``, but collective-aware: the workers agree on
   the decision with one 4-byte all-reduce over ``axis_name``, every worker
   runs the inner step (so its collectives run everywhere; ``apply_if_finite``
   alone deadlocks or diverges when one worker skips a step whose collectives
   the others run) and all keep the old state when any worker saw inf/NaN.
-  On a skipped step the update is zero and ``inner``'s state is returned
-  exactly as it was; ``state.skipped`` counts such steps and
-  ``state.consecutive`` the ones since the last applied step.
+  The check covers what the step made, not only its input (as the PyTorch
+  GradScaler checks gradients after their all-reduce): a compressed value
+  that overflowed a float16 leaf, an exchange that overflowed, a NaN
+  learning rate or schedule. On a skipped step the update is zero and
+  ``inner``'s state is returned exactly as it was; ``state.skipped`` counts
+  such steps and ``state.consecutive`` the non-finite steps since the last
+  finite one.
 
-  Every compopt method applies this guard already (``skip_nonfinite=True``);
-  use this wrapper for your own compositions.
+  A run that skips every step is stuck, not unlucky. After
+  ``max_consecutive_skips`` skipped steps in a row, the next non-finite step
+  is applied as computed, on every worker together (the rule of
+  ``optax.apply_if_finite(max_consecutive_errors=...)``): its inf/NaN
+  reaches the parameters and the loss, where the failure shows, and
+  ``state.consecutive`` tells how long it has lasted. Nothing leaves the
+  compiled step (no host callback: the step stays exportable and a GPU never
+  waits for the host).
+
+  Every compopt method applies this guard already (``skip_nonfinite=True``,
+  with the default bound); use this wrapper for your own compositions, or
+  for another bound around a method built with ``skip_nonfinite=False``.
 
   Args:
     inner: the transformation to guard (it may use collectives over
       ``axis_name``).
     axis_name: the worker axis (``None``: one worker, no collective).
+    max_consecutive_skips: an int >= 1, the consecutive skipped steps after
+      which a non-finite step is applied (default 100), or ``None`` to skip
+      forever.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -108,41 +200,58 @@ def skip_nonfinite(
     raise TypeError(f"{owner}: `inner` must be an optax GradientTransformation; "
                     f"got {inner!r}")
   checks.check_axis_name(axis_name, owner)
+  bound = _check_bound(max_consecutive_skips, owner)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    if axis_name is not None:
+      check_not_under_skipping_multisteps(owner)
     return _new_guard(inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
+    if axis_name is not None:
+      check_not_under_skipping_multisteps(owner)
     new_updates, inner_state, guard = _guarded_step(
         inner.update, updates, state.inner_state, state, axis_name, owner, params,
-        extra_args)
+        extra_args, bound)
     return new_updates, guard._replace(inner_state=inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
-  """``optax.chain(*transforms)``, guarded as one step by :func:`skip_nonfinite`.
+  """``optax.chain(*transforms)``, guarded as one step by :func:`skip_nonfinite`
+  (with its default bound, :data:`MAX_CONSECUTIVE_SKIPS`).
 
   The state is ``optax.chain``'s tuple of states with a
   :class:`SkipNonfiniteState` (``inner_state=None``) appended, so
   ``state[i]`` is still the i-th transformation's state. With
-  ``skip_nonfinite=False`` this is exactly ``optax.chain``.
+  ``skip_nonfinite=False`` this is ``optax.chain``'s state and step. Either
+  way the updates must have floating-point leaves (one rule for every
+  method: integer and bool gradients are refused, not cast).
   """
   checks.check_bool(skip_nonfinite, "skip_nonfinite", owner)
   inner = optax.chain(*transforms)
   if not skip_nonfinite:
-    return inner
+    def plain_update(updates, state, params=None, **extra_args):
+      checks.check_floating_tree(updates, owner)
+      return inner.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(inner.init, plain_update)
 
   def init_fn(params):
+    if axis_name is not None:
+      check_not_under_skipping_multisteps(owner)
     return tuple(inner.init(params)) + (_new_guard(None),)
 
   def update_fn(updates, state, params=None, **extra_args):
+    if axis_name is not None:
+      check_not_under_skipping_multisteps(owner)
+    checks.check_floating_tree(updates, owner)
     *inner_state, guard = state
     new_updates, new_inner, guard = _guarded_step(
         inner.update, updates, tuple(inner_state), guard, axis_name, owner, params,
-        extra_args)
+        extra_args, MAX_CONSECUTIVE_SKIPS)
     return new_updates, tuple(new_inner) + (guard,)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -67,8 +67,10 @@ def neolithic(
     scheme: how the workers exchange their R payloads: ``None`` or
       ``"allgather"`` (default), ``"allreduce"``, ``"auto"``, or a
       :mod:`compopt.exchange` scheme such as ``two_phase()``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:

@@ -263,8 +263,10 @@ def dcgd_shift(
     shift_dtype: dtype of the shifts (float32 by default).
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -339,8 +341,10 @@ def diana(
     shift_dtype: dtype of the shifts (float32 by default).
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -399,8 +403,10 @@ def rand_diana(
     shift_dtype: dtype of the shifts (float32 by default).
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
@@ -462,8 +468,10 @@ def gdci(
     scheme: how the workers exchange the compressed iterates: ``None`` or
       ``"allgather"`` (default), ``"allreduce"``, ``"auto"``, or a
       :mod:`compopt.exchange` scheme such as ``two_phase()``.
-    skip_nonfinite: skip the step on every worker when any worker's input
-      holds inf/NaN, leaving the state as it was (see
+    skip_nonfinite: skip the step on every worker when any worker's input,
+      or the update or state the step computed from it, holds inf/NaN,
+      leaving the state as it was; after 100 skipped in a row, a non-finite
+      step is applied, so that a stuck run shows (see
       :func:`compopt.skip_nonfinite`; one 4-byte all-reduce per step).
 
   Returns:
