@@ -32,7 +32,7 @@ which our copy lacks). We chose:
 - bidirectional where the method is: Double-Squeeze and NEOLITHIC compress the
   server's broadcast with the same scaled rand-1; MEM-SGD is unidirectional;
 - one communication round = one gradient query per worker: NEOLITHIC is
-  wrapped in optax.MultiSteps(every_k = R), so each of its steps averages R
+  wrapped in compopt.accumulate(every_k = R), so each of its steps averages R
   stochastic gradients and sends R FCC rounds (Alg. 2's accounting);
 - step size: each method gets the best γ of the same grid {GAMMAS} (lowest
   final error over the data seeds), as the paper tunes; the grid is shared,
@@ -81,9 +81,9 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
       "MEM-SGD": lambda s: compopt.ef_sgd(1.0, compressor=rand1, axis_name=ax, key=s),
       "Double-Squeeze": lambda s: compopt.double_squeeze(
           1.0, compressor=rand1, server_compressor=rand1, axis_name=ax, key=s),
-      "NEOLITHIC": lambda s: optax.MultiSteps(compopt.neolithic(
+      "NEOLITHIC": lambda s: compopt.accumulate(compopt.neolithic(
           1.0, compressor=rand1, rounds=R, server_compressor=rand1, axis_name=ax, key=s),
-          every_k_schedule=R),
+          every_k=R, axis_name=ax),
   }
   chunks = 20
   prog = common.Progress(NAME, chunks * len(methods))

@@ -18,9 +18,9 @@ for foreign types (optax's). A rule is one of
 
 Bit counters (:class:`compopt.CommBits`) keep their totals: worker j keeps
 its counter, a removed worker's counts go to worker 0. Anything else that
-differs between workers has no rule (e.g. ``optax.MultiSteps`` in the middle
-of an accumulation: each worker's partial gradient sum belongs to its own
-data) and is an error, as is a "replicated" buffer on which the workers
+differs between workers has no rule (e.g. ``optax.MultiSteps`` or
+``compopt.accumulate`` in the middle of an accumulation window: each worker's
+partial gradient sum belongs to its own data) and is an error, as is a "replicated" buffer on which the workers
 disagree (a corrupted state).
 """
 
