@@ -280,7 +280,7 @@ def compile_cache(tmp_path):
 @pytest.mark.parametrize("model,method,compressor,kwargs", [
     # dropout: the workers' keys matter (the CNN compiles slowly)
     pytest.param("cnn", "ef_sgd", "top_k(ratio=0.1)", {}, marks=pytest.mark.slow),
-    ("mlp", "neolithic", "top_k(ratio=0.1)", {"rounds": 2}),  # MultiSteps, FCC errors
+    ("mlp", "neolithic", "top_k(ratio=0.1)", {"rounds": 2}),  # accumulate, FCC errors
 ])
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, compile_cache, model, method,
                                                      compressor, kwargs):

@@ -229,6 +229,9 @@ def history(run_dir):
     return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in f]
 
 
+# tests/test_multihost.py checks the same numbers on a smaller step; this one runs
+# examples/main.py as a user would, both setups at once (about 35 s).
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   setups = {"two": (2, 1), "one": (1, 2)}  # processes, devices per process
   with concurrent.futures.ThreadPoolExecutor(len(setups)) as pool:  # both at once
