@@ -2,13 +2,17 @@
 
   python -m examples.main                                   # the default comparison
   python -m examples.main --config=examples/configs/mnist_cnn.py --workdir=out/cnn
-  python -m examples.main --config.methods='()' --config.method=ef_sgd \
+  python -m examples.main --config.method=ef_sgd \
       --config.compressor='top_k(ratio=0.01)'               # one run
+  python -m examples.main --list                            # methods, compressors, presets
   python -m examples.main --config=examples/configs/cifar10_resnet18.py \
       --config.data_dir=path/to/cifar-10-batches-py --workdir=out/r18
 
-With ``config.methods`` set, each preset runs in ``workdir/<preset>``, then a
-table is printed and ``workdir/comparison.png`` written. Rerunning with the
+Without ``--config.method`` (or ``--config.compressor``, ``--config.method_kwargs``,
+``--config.label``) on the command line, each preset of ``config.methods`` runs
+in ``workdir/<preset>``, then a table is printed and ``workdir/comparison.png``
+written; naming a method runs that one method in ``workdir`` (unless
+``--config.methods`` is given too). Rerunning with the
 same workdir resumes each run from its latest checkpoint.
 
 Several processes, one worker per device over all of them (see
@@ -32,6 +36,7 @@ import jax
 from ml_collections import config_flags
 
 from examples import distributed
+from examples import methods
 from examples import report
 from examples import train
 
@@ -58,6 +63,8 @@ flags.DEFINE_integer(
     "with several processes and the backend's default for one: one CPU device unless "
     "XLA_FLAGS says otherwise, all GPUs).",
     lower_bound=1)
+flags.DEFINE_bool("list", False, "Print the methods, compressor factories and presets that "
+                  "--config.method, --config.compressor and --config.methods take, and exit.")
 flags.DEFINE_integer(
     "heartbeat_timeout", None,
     f"Seconds without a heartbeat after which jax.distributed declares a process dead and "
@@ -66,16 +73,37 @@ flags.DEFINE_integer(
     "dead.", lower_bound=1)
 
 
+#: Fields of one run: naming any of them on the command line asks for one run.
+SINGLE_RUN_FIELDS = ("method", "compressor", "method_kwargs", "label")
+
+
+def presets_to_run(config, overrides) -> tuple:
+  """The presets to run (``(None,)``: the single run of ``config.method``).
+
+  ``overrides`` are the config fields set on the command line (dotted names,
+  as ml_collections reports them). ``--config.methods`` decides when given;
+  otherwise a command line that names a method (or its compressor, arguments
+  or label) asks for that one run, not for the default comparison.
+  """
+  if "methods" not in overrides and any(
+      k.split(".")[0] in SINGLE_RUN_FIELDS for k in overrides):
+    return (None,)
+  return tuple(config.methods) or (None,)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.list:
+    print(methods.listing())
+    return
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Before anything starts a JAX backend: the devices, then the cluster.
   cluster = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id, FLAGS.devices_per_process,
                                    heartbeat_timeout=FLAGS.heartbeat_timeout)
   config, workdir = FLAGS.config, FLAGS.workdir
-  presets = tuple(config.methods) or (None,)
+  presets = presets_to_run(config, config_flags.get_override_values(FLAGS["config"]))
   summaries, histories = [], {}
   for name in presets:
     cfg = report.preset_config(config, name) if name else config

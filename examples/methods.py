@@ -13,13 +13,13 @@ compares.
 
 from __future__ import annotations
 
+import ast
 import inspect
 
 import optax
 
 import compopt
 from compopt import compressors as cc
-
 
 
 def _is_method(name: str) -> bool:
@@ -59,20 +59,82 @@ PRESETS = {
 }
 
 
+def compressor_factories() -> dict:
+  """The public factories of ``compopt.compressors`` by name (its lower-case
+  callables but the ``tree_*`` constants): what ``config.compressor`` may call."""
+  return {k: getattr(cc, k) for k in sorted(cc.__all__)
+          if k[:1].islower() and not k.startswith("tree_") and callable(getattr(cc, k))}
+
+
+_LITERALS = (ast.Constant, ast.UnaryOp, ast.Tuple, ast.List)
+
+
+def _value(node, factories, expr):
+  """The value of one node of a compressor expression: a call of a factory,
+  or a literal. Nothing else is evaluated (no names, attributes, operators
+  or subscripts), so a config string cannot run code."""
+  if isinstance(node, ast.Call):
+    if not isinstance(node.func, ast.Name) or node.func.id not in factories:
+      what = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+      raise ValueError(f"config.compressor={expr!r}: {what!r} is not a factory of "
+                       f"compopt.compressors; choose from {', '.join(factories)}")
+    args = [_value(a, factories, expr) for a in node.args]
+    kwargs = {}
+    for kw in node.keywords:
+      if kw.arg is None:
+        raise ValueError(f"config.compressor={expr!r}: ** arguments are not allowed")
+      kwargs[kw.arg] = _value(kw.value, factories, expr)
+    return factories[node.func.id](*args, **kwargs)
+  if isinstance(node, _LITERALS):
+    try:
+      return ast.literal_eval(node)
+    except ValueError:
+      pass
+  raise ValueError(f"config.compressor={expr!r}: {ast.unparse(node)!r} is neither a call of a "
+                   "compopt.compressors factory nor a literal (numbers, strings, True/False/"
+                   "None, tuples and lists of them)")
+
+
 def make_compressor(expr: str):
-  """A compressor from an expression over ``compopt.compressors``."""
+  """A compressor from an expression over ``compopt.compressors``: a factory
+  call whose arguments are literals or factory calls, e.g.
+  ``"induced(top_k(ratio=0.025), rand_k_wangni(ratio=0.025))"``.
+
+  The string is parsed, never evaluated: only the factories of
+  ``compopt.compressors`` can be called.
+  """
   if not expr:
     return None
-  names = {k: getattr(cc, k) for k in dir(cc) if not k.startswith("_")}
+  factories = compressor_factories()
   try:
-    c = eval(expr, {"__builtins__": {}}, names)  # pylint: disable=eval-used
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"config.compressor={expr!r} is not a compressor expression over "
-                     f"compopt.compressors ({type(e).__name__}: {e}); e.g. "
+    tree = ast.parse(expr.strip(), mode="eval")
+  except SyntaxError as e:
+    raise ValueError(f"config.compressor={expr!r} is not an expression ({e.msg}); e.g. "
                      "'top_k(ratio=0.05)'") from e
+  if not isinstance(tree.body, ast.Call):
+    raise ValueError(f"config.compressor={expr!r} must call a factory of compopt.compressors, "
+                     "e.g. 'top_k(ratio=0.05)' or 'natural()'")
+  try:
+    c = _value(tree.body, factories, expr)
+  except (TypeError, ValueError) as e:
+    if str(e).startswith("config.compressor="):
+      raise
+    raise ValueError(f"config.compressor={expr!r}: {type(e).__name__}: {e}") from e
   if not isinstance(c, compopt.Compressor):
     raise ValueError(f"config.compressor={expr!r} gives {c!r}, not a compopt compressor")
   return c
+
+
+def listing() -> str:
+  """What the command line can name: methods, compressor factories and presets."""
+  lines = ["methods (--config.method):"]
+  lines += [f"  {m}" for m in METHODS]
+  lines.append("compressors (--config.compressor, a call such as 'top_k(ratio=0.05)'):")
+  for name, fn in compressor_factories().items():
+    lines.append(f"  {name}{inspect.signature(fn)}")
+  lines.append("presets (--config.methods, a tuple of these names):")
+  lines += [f"  {k}: {v['label']}" for k, v in PRESETS.items()]
+  return "\n".join(lines)
 
 
 def make_schedule(config):

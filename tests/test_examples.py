@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import struct
+import sys
+from unittest import mock
 
 import jax
 import numpy as np
@@ -340,3 +342,62 @@ def test_report_table_and_figure(tmp_path):
   path = report.plot({"P-SGD": hist, "EF": hist}, str(tmp_path / "fig.png"))
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------- command line
+@pytest.mark.parametrize("hostile", [
+    "().__class__.__bases__[0].__subclasses__()",
+    "top_k(ratio=__import__('os').system('touch pwned'))",
+    "top_k(ratio=0.1).__class__.__init__.__globals__",
+    "[c for c in ().__class__.__base__.__subclasses__()]",
+    "top_k(ratio=(lambda: 0.1)())",
+    "top_k(**{'ratio': 0.1})",
+    "top_k(ratio=0.05 + 0.05)",
+    "open('x')",
+    "compopt.compressors.top_k(ratio=0.1)",
+])
+def test_a_compressor_string_never_runs_code(hostile, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="config.compressor="):
+    methods.make_compressor(hostile)
+  assert not (tmp_path / "pwned").exists()
+
+
+def test_compressor_expressions_build_nested_factories():
+  c = methods.make_compressor("induced(top_k(ratio=0.025), rand_k_wangni(k=3))")
+  assert c == compopt.compressors.induced(compopt.compressors.top_k(ratio=0.025),
+                                          compopt.compressors.rand_k_wangni(k=3))
+  assert methods.make_compressor(" qsgd(4, norm='inf') ") == compopt.compressors.qsgd(4, norm="inf")
+  assert methods.make_compressor("") is None
+  with pytest.raises(ValueError, match=r"`ratio` must be in \(0, 1\]"):
+    methods.make_compressor("top_k(ratio=-0.1)")
+  with pytest.raises(ValueError, match="choose from .*top_k"):
+    methods.make_compressor("topk(ratio=0.1)")
+
+
+def test_naming_a_method_on_the_command_line_runs_that_method_alone():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from examples import main  # pylint: disable=import-outside-toplevel
+
+  def presets(*argv):  # parsed as examples.main parses its --config flags
+    argv = ["main", *argv]
+    with mock.patch.object(sys, "argv", argv):  # ml_collections reads the overrides there
+      fv = flags.FlagValues()
+      config_flags.DEFINE_config_file("config", main._DEFAULT, flag_values=fv)  # pylint: disable=protected-access
+      fv(argv)
+    return main.presets_to_run(fv.config, config_flags.get_override_values(fv["config"]))
+
+  everything = presets()
+  assert len(everything) == 6 and "ef_topk" in everything
+  assert presets("--config.method=ef_sgd", "--config.compressor=top_k(ratio=0.01)") == (None,)
+  assert presets("--config.compressor=natural()") == (None,)
+  assert presets("--config.num_steps=3") == everything
+  assert presets("--config.method=ef_sgd", "--config.methods=('psgd',)") == ("psgd",)
+
+
+def test_list_names_methods_compressors_and_presets():
+  text = methods.listing()
+  for name in ("ef_sgd", "neolithic", "top_k(", "induced(", "ef_topk"):
+    assert name in text
+  assert "tree_omega" not in text
