@@ -101,8 +101,11 @@ def describe(c) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batch", type=int, default=256)
+  parser = argparse.ArgumentParser(prog="python -m examples.compress_demo",
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--batch", type=int, default=256,
+                      help="digits images in the batch whose gradient is compressed")
   parser.add_argument("--keys", type=int, default=4, help="keys averaged per compressor")
   args = parser.parse_args()
 

@@ -52,10 +52,14 @@ def _jsonable(x):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description="compopt performance benchmarks")
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf",
+                                   description="compopt performance benchmarks",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--quick", action="store_true", help="small sizes, few reps (smoke run)")
-  parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None)
-  parser.add_argument("--out", default=os.path.join("benchmarks", "perf", "results"))
+  parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                      help="run these sections only")
+  parser.add_argument("--out", default=os.path.join("benchmarks", "perf", "results"),
+                      help="directory for the tables (perf.md) and JSON")
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   sections = args.only or list(SECTIONS)

@@ -410,7 +410,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
   """Prints the table (``--quick``: 1M float32, 3 reps) and returns the rows."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.peers",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="1M float32 only, 3 reps")
   parser.add_argument("--torch-threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's own)")

@@ -79,7 +79,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.scale",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="128 workers, 3 reps")
   args = parser.parse_args(argv)
   rows = run(n=128, reps=3) if args.quick else run()

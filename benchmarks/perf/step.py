@@ -157,7 +157,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.step",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="a 1M tree, 3 methods, 3 reps")
   args = parser.parse_args(argv)
   rows = run(quick=args.quick, reps=3 if args.quick else 5)

@@ -140,7 +140,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.throughput",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="1M float32 only, 3 reps")
   args = parser.parse_args(argv)
   if args.quick:

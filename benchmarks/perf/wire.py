@@ -133,7 +133,8 @@ def table(rows: list[dict], ns: Sequence[int] = NS) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.wire",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="n = 2 and 8, two compressors")
   args = parser.parse_args(argv)
   rows = run(ns=(2, 8) if args.quick else NS, quick=args.quick)

@@ -53,10 +53,12 @@ def _parser():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true",
                  help="a tiny MLP, four variants, caps uncapped and 1gbit (about a minute)")
-  p.add_argument("--out", default=None)
+  p.add_argument("--out", default=None,
+                 help="output directory (default: a temporary one with --quick, else "
+                      "benchmarks/sockets/results)")
   p.add_argument("--caps", default=None, help="comma-separated, from " + ", ".join(CAPS))
   p.add_argument("--delay_ms", type=float, default=0.0, help="netem delay under each cap")
-  p.add_argument("--processes", type=int, default=4)
+  p.add_argument("--processes", type=int, default=4, help="worker processes (one worker each)")
   p.add_argument("--methods", default=None, help="comma-separated keys of runs.METHODS")
   p.add_argument("--target_step", type=int, default=None,
                  help="the target accuracy is the baseline's after this many steps")

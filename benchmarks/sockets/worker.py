@@ -62,9 +62,11 @@ def lo_tx_bytes() -> int:
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--spec", required=True)
-  parser.add_argument("--out", required=True)
+  parser = argparse.ArgumentParser(
+      prog="python -m benchmarks.sockets.worker",
+      description="One process of the sockets benchmark (started by python -m benchmarks.sockets).")
+  parser.add_argument("--spec", required=True, help="the run's spec.json, written by the launcher")
+  parser.add_argument("--out", required=True, help="directory for steps.jsonl and the curves")
   args = parser.parse_args()
   with open(args.spec) as f:
     spec = json.load(f)
