@@ -84,6 +84,29 @@ def test_stack_worker_unstack():
     compopt.parallel.stack(tree, 0)
 
 
+def test_stack_takes_a_train_state_and_names_a_refused_leaf():
+  from flax.training import train_state  # pylint: disable=import-outside-toplevel
+  state = train_state.TrainState.create(apply_fn=None, params={"w": jnp.ones((2, 3))},
+                                        tx=optax.sgd(0.1))
+  assert isinstance(state.step, int)  # a Python int, as flax makes it
+  stacked = compopt.parallel.stack(state, 4)
+  np.testing.assert_array_equal(stacked.step, np.zeros(4))
+  assert stacked.params["w"].shape == (4, 2, 3)
+  assert compopt.parallel.stack({"x": np.float32(1.5), "f": 2.0}, 2)["f"].shape == (2,)
+  with pytest.raises(TypeError, match=r"the leaf at \['a'\]\[1\] is str 'x'"):
+    compopt.parallel.stack({"a": [jnp.ones(2), "x"]}, 2)
+
+
+def test_worker_and_unstack_read_arrays_on_an_explicit_mesh():
+  mesh = jax.make_mesh((N,), (AXIS,))  # Explicit axes
+  stacked = {"a": jnp.arange(N * 3.0).reshape(N, 3), "s": jnp.arange(N)}
+  sharded = compopt.parallel.shard(stacked, mesh, AXIS)
+  np.testing.assert_array_equal(compopt.parallel.worker(sharded, 5)["a"], [15.0, 16.0, 17.0])
+  parts = compopt.parallel.unstack(sharded)
+  assert len(parts) == N
+  assert [int(p["s"]) for p in parts] == list(range(N))
+
+
 def test_shard_errors_name_the_problem():
   mesh = jax.make_mesh((N,), (AXIS,))
   with pytest.raises(ValueError, match=r"leading \(worker\) axis has size 4 but the mesh axis"):

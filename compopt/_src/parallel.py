@@ -8,17 +8,39 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from compopt._src import checks
 
-def _leaves_or_error(tree, owner):
-  leaves = jax.tree.leaves(tree)
-  for leaf in leaves:
-    if not hasattr(leaf, "shape"):
-      raise TypeError(f"{owner}: every leaf must be an array; got {leaf!r}")
-  return leaves
+_SCALARS = (bool, int, float, complex, np.generic)
+
+
+def _leaves_or_error(tree, owner, *, scalars: bool = False):
+  """The leaves of ``tree``; each must be an array (or, with ``scalars``, a
+  Python or NumPy scalar, such as a ``TrainState``'s ``step``). A refused leaf
+  is named by its path."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, leaf in leaves:
+    if hasattr(leaf, "shape") or (scalars and isinstance(leaf, _SCALARS)):
+      continue
+    allowed = "an array or a Python/NumPy scalar" if scalars else "an array"
+    raise TypeError(f"{owner}: every leaf must be {allowed}; the leaf at "
+                    f"{jax.tree_util.keystr(path) or '(root)'} is {type(leaf).__name__} "
+                    f"{leaf!r}")
+  return [leaf for _, leaf in leaves]
+
+
+def _take(x, i):
+  """x[i]; on an array sharded over a mesh with Explicit axes (what
+  ``jax.make_mesh`` makes), the slice comes back replicated on that mesh, as
+  JAX needs the output sharding spelled out there."""
+  sharding = getattr(x, "sharding", None)
+  if isinstance(sharding, NamedSharding) and any(
+      t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+    return x.at[i].get(out_sharding=NamedSharding(sharding.mesh, P()))
+  return x[i]
 
 
 def stack(tree, n: int):
@@ -26,11 +48,12 @@ def stack(tree, n: int):
   new leading worker axis: each leaf of shape s becomes (n, *s).
 
   Args:
-    tree: a pytree of arrays (e.g. ``opt.init(params)``).
+    tree: a pytree of arrays (e.g. ``opt.init(params)``); Python and NumPy
+      scalars (a ``TrainState``'s int ``step``) become arrays of shape (n,).
     n: the number of workers, an int >= 1.
   """
   n = checks.check_workers(n, "stack")
-  _leaves_or_error(tree, "stack")
+  _leaves_or_error(tree, "stack", scalars=True)
   return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)), tree)
 
 
@@ -52,7 +75,7 @@ def worker(tree, i: int):
   n = _worker_count(tree, "worker")
   if not 0 <= i < n:
     raise IndexError(f"worker: index {i} out of range for {n} workers")
-  return jax.tree.map(lambda x: x[i], tree)
+  return jax.tree.map(lambda x: _take(x, i), tree)
 
 
 def unstack(tree) -> list:
