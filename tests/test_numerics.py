@@ -353,6 +353,24 @@ def test_skipping_multisteps_around_a_method_is_refused_at_init():
   optax.MultiSteps(single, 2, should_skip_update_fn=optax.skip_not_finite).init(jnp.zeros(3))
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_apply_if_finite_around_a_method_is_refused_with_a_pointer_to_the_guard(skip):
+  """optax.apply_if_finite skips in a lax.cond on each worker's own gradient:
+  a deadlock under shard_map, drifting replicas under vmap. Refused at init
+  and at update, naming what to use instead."""
+  method = compopt.ef_sgd(0.1, compressor=C.top_k(1), axis_name=AXIS, skip_nonfinite=skip)
+  wrapped = optax.apply_if_finite(method, max_consecutive_errors=3)
+  with pytest.raises(ValueError, match="compopt.skip_nonfinite"):
+    wrapped.init(jnp.zeros(3))
+  state = optax.apply_if_finite(optax.identity(), 3).init(jnp.zeros(3))
+  state = state._replace(inner_state=method.init(jnp.zeros(3)))
+  with pytest.raises(ValueError, match="optax.apply_if_finite around a transformation"):
+    jax.vmap(lambda g: wrapped.update(g, state)[0], axis_name=AXIS)(jnp.ones((2, 3)))
+  # one worker, no axis: nothing to deadlock or drift
+  single = compopt.ef_sgd(0.1, compressor=C.top_k(1))
+  optax.apply_if_finite(single, 3).init(jnp.zeros(3))
+
+
 # ------------------------------------------------------------ refused inputs
 
 

@@ -128,8 +128,46 @@ def skipping_multisteps():
   return None
 
 
+def _is_apply_if_finite(code) -> bool:
+  # co_qualname is Python 3.11+; before, the closure's free variable tells.
+  qualname = getattr(code, "co_qualname", None)
+  if qualname is not None:
+    return qualname in ("apply_if_finite.<locals>.update", "apply_if_finite.<locals>.init")
+  return code.co_name in ("update", "init") and "max_consecutive_errors" in code.co_freevars
+
+
+def under_apply_if_finite() -> bool:
+  """Whether an ``optax.apply_if_finite`` ``init`` or ``update`` is running
+  further up the Python call stack (at ``init`` and trace time only).
+
+  Its ``lax.cond`` skips on a predicate each worker computes from its own
+  gradient: under ``shard_map``/``pmap`` the workers that skip leave the
+  collectives the others wait in (XLA aborts after 40 s on a CPU); under
+  ``vmap`` the skipping worker keeps its parameters while the others move,
+  so the replicas drift apart.
+  """
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None:
+    if frame.f_globals.get("__name__", "").startswith("optax") and _is_apply_if_finite(
+        frame.f_code):
+      return True
+    frame = frame.f_back
+  return False
+
+
 def check_not_under_skipping_multisteps(owner: str) -> None:
-  """Raises ValueError when :func:`skipping_multisteps` finds a wrapper."""
+  """Raises ValueError when a wrapper that skips per worker (a skipping
+  ``optax.MultiSteps``, ``optax.apply_if_finite``) runs this transformation."""
+  if under_apply_if_finite():
+    raise ValueError(
+        f"{owner}: optax.apply_if_finite around a transformation that communicates "
+        "skips on a predicate each worker computes alone: under shard_map or pmap "
+        "the workers that skip leave the collectives the others wait in (the run "
+        "aborts after a timeout), under vmap the replicas drift apart. compopt's "
+        "methods skip non-finite steps on every worker together already "
+        "(skip_nonfinite=True, the default; max_consecutive_skips= plays "
+        "max_consecutive_errors' part); wrap other transformations with "
+        "compopt.skip_nonfinite(inner, axis_name=...).")
   if skipping_multisteps() is not None:
     raise ValueError(
         f"{owner}: optax.MultiSteps(..., should_skip_update_fn=...) around a "
@@ -233,11 +271,18 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
   checks.check_bool(skip_nonfinite, "skip_nonfinite", owner)
   inner = optax.chain(*transforms)
   if not skip_nonfinite:
+    def plain_init(params):
+      if axis_name is not None:
+        check_not_under_skipping_multisteps(owner)
+      return inner.init(params)
+
     def plain_update(updates, state, params=None, **extra_args):
+      if axis_name is not None:
+        check_not_under_skipping_multisteps(owner)
       checks.check_floating_tree(updates, owner)
       return inner.update(updates, state, params, **extra_args)
 
-    return optax.GradientTransformationExtraArgs(inner.init, plain_update)
+    return optax.GradientTransformationExtraArgs(plain_init, plain_update)
 
   def init_fn(params):
     if axis_name is not None:
