@@ -15,7 +15,7 @@ collective. Methods never call a collective themselves: they call
     back, and every worker's payload is decoded (vmap over the gathered
     axis) and averaged. The bytes on the wire are exactly the payload's;
   - ``allreduce``: each worker decodes its own payload and the dense float32
-    vectors are all-reduced;
+    vectors (float64 for float64 leaves) are all-reduced;
   - ``two_phase``: chunk payloads go to their owners by an all-to-all; each
     owner averages its chunk (and may re-compress it with its own error
     feedback) and the chunks are all-gathered;
@@ -26,7 +26,8 @@ collective. Methods never call a collective themselves: they call
 * applies partial participation (Horváth & Richtárik 2021, §4.2): the
   sampled set S is drawn from a key common to all workers, non-members send
   zeros, and the aggregate is Σ_{i∈S} Δ_i/(n p_i);
-* returns the aggregate in float32 (methods cast once, at their output), this
+* returns the aggregate in float32, float64 for float64 leaves (methods cast
+  once, at their output), this
   worker's own C(x_i) if asked, the bits this worker sent and received (which
   methods add to a :class:`compopt.CommBits` counter in their state) and the
   scheme's new state.
@@ -65,8 +66,24 @@ from compopt._src.compressors import tree as ctree
 
 _log = logging.getLogger("compopt")
 
-#: The dtype of every aggregate: reductions run in float32.
+#: The dtype of every aggregate of float16, bfloat16 and float32 leaves:
+#: reductions run in float32. Float64 leaves (with ``jax_enable_x64``) are
+#: reduced in float64 (:func:`wide_dtype`), never rounded through float32.
 ACCUMULATION_DTYPE = jnp.float32
+
+
+def wide_dtype(dtype) -> np.dtype:
+  """The dtype a leaf of ``dtype`` is reduced in: the wider of float32 and
+  ``dtype`` (float32 for float16/bfloat16/float32, float64 for float64)."""
+  return cbase.compute_dtype(dtype)
+
+
+def _weight_dtype(leaves) -> np.dtype:
+  """float64 when a leaf is float64 (its weights 1/(n p_i) must not be
+  rounded to float32), else float32."""
+  if any(np.dtype(l.dtype) == np.float64 for l in leaves):
+    return np.dtype(np.float64)
+  return np.dtype(np.float32)
 
 # ------------------------------------------------------------------------ axis
 
@@ -160,7 +177,7 @@ def _own_payload(member, bits: int):
 
 class Exchanged(NamedTuple):
   """What :func:`exchange` returns."""
-  mean: Any  # Σ_{i∈S} C(x_i)/(n p_i), shaped like the input tree, float32 leaves
+  mean: Any  # Σ_{i∈S} C(x_i)/(n p_i), shaped like the input tree, wide_dtype leaves
   own: Any  # this worker's own dense C(x_i) in x_i's dtype (None unless asked for)
   sent: counters.CommBits  # bits this worker sent / received in this exchange
   state: Any  # the scheme's new state
@@ -200,7 +217,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
     return out._replace(state=state)
   if axis_name is not None and isinstance(scheme, schemes.Auto):
     payload_bytes = ctree.tree_wire_bits(compressor, tree) / 8
-    dense_bytes = 4 * sum(l.size for l in jax.tree.leaves(tree))
+    dense_bytes = sum(l.size * wide_dtype(l.dtype).itemsize for l in jax.tree.leaves(tree))
     chosen = scheme.choose(payload_bytes, dense_bytes, n, compressor.decode_passes)
     _log.info("%s: auto picks %s for %d workers, payload %.0f B, dense %.0f B, %s",
               owner, chosen.name, n, payload_bytes, dense_bytes, scheme.network)
@@ -212,13 +229,13 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   return out._replace(state=state)
 
 
-def _weights(sampling, key, n, i, owner):
+def _weights(sampling, key, n, i, owner, dtype=np.float32):
   """(member, weights): S from the shared key; weights w_j = 1/(n p_j) for
-  members, 0 otherwise (1/n without sampling)."""
+  members, 0 otherwise (1/n without sampling), in ``dtype``."""
   if sampling is None:
-    return None, jnp.full((n,), 1.0 / n, jnp.float32)
-  mask, probs = sampling.draw(key, n, owner)
-  weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(jnp.float32)
+    return None, jnp.full((n,), 1.0 / n, dtype)
+  mask, probs = sampling.draw(key, n, owner, dtype)
+  weights = jnp.where(mask, 1.0 / (n * probs), 0.0).astype(dtype)
   return mask[i], weights
 
 
@@ -233,16 +250,18 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
   like = _like(leaves)
-  member, weights = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner, _weight_dtype(leaves))
   payload = compressor.encode(compress_key, leaves)
   own = compressor.decode(payload, like, key=compress_key) if return_own else None
-  # The payloads are summed in float32 (ACCUMULATION_DTYPE), whatever the
+  # The payloads are summed in float32 (ACCUMULATION_DTYPE) whatever the
   # leaves' dtype, so that every mode of running adds them alike (a bfloat16
-  # sum is done in bfloat16 under vmap but widened on some backends).
-  payload = jax.tree.map(lambda p: p.astype(ACCUMULATION_DTYPE), payload)
+  # sum is done in bfloat16 under vmap but widened on some backends); float64
+  # payloads in float64 (wide_dtype), which the bits count as 64 each.
+  payload = jax.tree.map(lambda p: p.astype(wide_dtype(p.dtype)), payload)
   if member is not None:  # members send C(x_i)/p_i, the others zeros
     scale = weights[i] * n
-    payload = jax.tree.map(lambda p: jnp.where(member, p * scale, 0), payload)
+    payload = jax.tree.map(lambda p: jnp.where(member, p * scale.astype(p.dtype), 0),
+                           payload)
   parts, payload_def = jax.tree.flatten(payload)
   if axis_name is None:
     summed, sent = parts, counters.zero_bits()
@@ -250,7 +269,7 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
     summed = _psum_packed(parts, axis_name)
     bits = wire.nbytes(parts) * 8
     sent = _moved(_ring_bits(n, bits), _own_payload(member, bits))
-  wide = [jax.ShapeDtypeStruct(l.shape, ACCUMULATION_DTYPE) for l in leaves]
+  wide = [jax.ShapeDtypeStruct(l.shape, wide_dtype(l.dtype)) for l in leaves]
   decoded = compressor.decode(payload_def.unflatten(summed), wide, key=compress_key)
   mean = [d / n for d in decoded]
   return Exchanged(treedef.unflatten(mean),
@@ -264,7 +283,7 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
   leaves, treedef = jax.tree.flatten(tree)
   like = _like(leaves)
   # Partial participation: S from the shared key, so all workers agree.
-  member, weights = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner, _weight_dtype(leaves))
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
@@ -286,7 +305,7 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
   if jax.tree.leaves(payloads):
     mean = compressor.decode_sum(payloads, like, weights, key=dec_key)
   else:  # only empty leaves: nothing was sent
-    mean = [jnp.zeros(l.shape, ACCUMULATION_DTYPE) for l in like]
+    mean = [jnp.zeros(l.shape, wide_dtype(l.dtype)) for l in like]
   own = None
   if return_own:  # from the payload it sent (a non-member's row was zeroed)
     own = treedef.unflatten(compressor.decode(payload, like, key=enc_key))
@@ -294,23 +313,24 @@ def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):
 
 
 def _allreduce_decoded(compressor, tree, key, axis_name, sampling, owner, return_own):
-  """Decode the own payload, then ONE dense float32 all-reduce of w_i·C(x_i)."""
+  """Decode the own payload, then ONE dense all-reduce of w_i·C(x_i) (float32,
+  float64 for float64 leaves)."""
   n, i = axis_info(axis_name, owner)
   compress_key, sample_key = jax.random.split(key)
   leaves, treedef = jax.tree.flatten(tree)
-  member, weights = _weights(sampling, sample_key, n, i, owner)
+  member, weights = _weights(sampling, sample_key, n, i, owner, _weight_dtype(leaves))
   shared = compressor.decode_needs_key
   enc_key = compress_key if shared else worker_key(compress_key, axis_name)
   payload = compressor.encode(enc_key, leaves)
   like = _like(leaves)
   own = compressor.decode(payload, like, key=enc_key) if return_own else None
   w = weights[i]
-  # C(x_i) in float32, not rounded to the leaf's dtype (whose range a decoded
-  # value such as rand_k's (d/k)·x_j may leave).
-  contrib = [jnp.where(w > 0, o * w, 0)
+  # C(x_i) in float32 (float64 for float64 leaves), not rounded to the leaf's
+  # dtype (whose range a decoded value such as rand_k's (d/k)·x_j may leave).
+  contrib = [jnp.where(w > 0, o * w.astype(o.dtype), 0)
              for o in compressor.decode_wide(payload, like, key=enc_key)]
   summed = _psum_packed(contrib, axis_name)
-  dense_bits = sum(l.size for l in leaves) * 32
+  dense_bits = sum(l.size * wide_dtype(l.dtype).itemsize * 8 for l in leaves)
   sent = _moved(_ring_bits(n, dense_bits), _own_payload(member, wire.nbytes(payload) * 8))
   return Exchanged(treedef.unflatten(summed), treedef.unflatten(own) if return_own else None,
                    sent, None)
@@ -341,7 +361,9 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   leaves, treedef = jax.tree.flatten(tree)
   size = sum(l.size for l in leaves)
   dtypes = {np.dtype(l.dtype) for l in leaves}
-  wire_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+  # one dtype: the leaves' own; mixed: float32, or float64 when one is float64
+  wire_dtype = dtypes.pop() if len(dtypes) == 1 else _weight_dtype(leaves)
+  acc = wide_dtype(wire_dtype)  # the owners' sums: float32, float64 for float64
   if size > cbase.MAX_LEAF_SIZE:
     raise ValueError(
         f"{owner}: two_phase flattens the update into one vector of D = {size} "
@@ -350,7 +372,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   chunk = schemes.chunk_size(size, n)  # c = ⌈D/n⌉, the vector padded to n·c
   rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
   row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
-  member, weights = _weights(sampling, sample_key, n, me, owner)
+  member, weights = _weights(sampling, sample_key, n, me, owner, acc)
 
   # Phase 1: C(x_i) chunk by chunk; chunk j goes to worker j.
   shared = compressor.decode_needs_key
@@ -372,7 +394,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   # row i: worker i's chunk `me` (the barrier as in _allgather)
   received = lax.optimization_barrier(lax.all_to_all(buf, axis_name, 0, 0))
   my_key = jax.random.fold_in(worker_base, me) if shared else None
-  # this owner's chunk of the aggregate, f32
+  # this owner's chunk of the aggregate, in acc
   m = compressor.decode_sum(wire.unpack(received, spec), row_like, weights, key=my_key)
   # n − 1 rows out and in; the worker's message C(x_i) is its n rows.
   sent = _moved((n - 1) * nbytes * 8, _own_payload(member, n * nbytes * 8))
@@ -381,10 +403,11 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   server = scheme.server_compressor
   new_state = state
   if server is None:
-    gathered = lax.all_gather(m, axis_name)  # (n, c) float32
-    sbytes = chunk * 4
+    gathered = lax.all_gather(m, axis_name)  # (n, c) in acc
+    sbytes = chunk * acc.itemsize
   else:
-    v = m
+    # the server compressor and its error e_s work in float32
+    v = m.astype(jnp.float32)
     # The owned chunk of the flat server error (coordinates past D read as 0).
     owned = me * chunk + jnp.arange(chunk)
     if scheme.keeps_server_error:
@@ -409,8 +432,7 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
     s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
     gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
   sent = counters.add_bits(sent, _moved((n - 1) * sbytes * 8, 0))  # ring all-gather
-  mean = _unflat(gathered.astype(ACCUMULATION_DTYPE).reshape(-1), leaves, treedef,
-                 ACCUMULATION_DTYPE)
+  mean = _unflat(gathered.astype(acc).reshape(-1), leaves, treedef, acc)
 
   own = None
   if return_own:
@@ -439,7 +461,8 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
     owner: the name used in error messages.
 
   Returns:
-    An :class:`Exchanged`: ``mean`` is (1/n) Σ_{i∈S} x_i (float32 leaves),
+    An :class:`Exchanged`: ``mean`` is (1/n) Σ_{i∈S} x_i (float32 leaves,
+    float64 for float64 ones),
     ``own`` this worker's contribution 1[i∈S]·x_i (in x_i's dtype), ``sent``
     the bits: the collective is a ring all-reduce of the zero-padded vectors
     (XLA needs static shapes), 2(n − 1)/n·D each way for every worker; a
@@ -456,5 +479,5 @@ def member_mean(tree, key, axis_name, sampling: sampling_lib.Sampling, *,
   else:
     summed = _psum_packed(own, axis_name)
     sent = _moved(_ring_bits(n, dense_bits), _own_payload(member, dense_bits))
-  mean = [s.astype(ACCUMULATION_DTYPE) / n for s in summed]
+  mean = [s.astype(wide_dtype(s.dtype)) / n for s in summed]
   return Exchanged(treedef.unflatten(mean), treedef.unflatten(own), sent, None)

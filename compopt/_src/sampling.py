@@ -21,9 +21,13 @@ from compopt._src import checks
 
 
 class Sampling:
-  """Base class: ``draw(key, n, owner)`` -> (mask bool[n], p float32[n])."""
+  """Base class: ``draw(key, n, owner, dtype)`` -> (mask bool[n], p[n]).
 
-  def draw(self, key, n: int, owner: str):
+  p_i = P(i ∈ S) comes back in ``dtype`` (float32, or float64 for the
+  weights 1/(n p_i) of a float64 aggregate); the mask does not depend on it.
+  """
+
+  def draw(self, key, n: int, owner: str, dtype=np.float32):
     raise NotImplementedError
 
 
@@ -32,18 +36,22 @@ class Independent(Sampling):
   """Each worker i joins S on its own with probability p_i."""
   p: float | tuple[float, ...] = 1.0
 
-  def probabilities(self, n: int, owner: str) -> np.ndarray:
+  def probabilities(self, n: int, owner: str, dtype=np.float32) -> np.ndarray:
     if isinstance(self.p, tuple):
       if len(self.p) != n:
         raise ValueError(
             f"{owner}: `sampling` has {len(self.p)} probabilities but the worker "
             f"axis has {n} workers")
-      return np.asarray(self.p, np.float32)
-    return np.full((n,), self.p, np.float32)
+      return np.asarray(self.p, dtype)
+    return np.full((n,), self.p, dtype)
 
-  def draw(self, key, n, owner):
-    p = jnp.asarray(self.probabilities(n, owner))
-    return jax.random.uniform(key, (n,)) < p, p
+  def draw(self, key, n, owner, dtype=np.float32):
+    # The draw compares float32 uniforms with float32 p_i whatever ``dtype``,
+    # so a float64 run picks the same S as a float32 one.
+    p32 = jnp.asarray(self.probabilities(n, owner))
+    p = p32 if np.dtype(dtype) == np.float32 else jnp.asarray(
+        self.probabilities(n, owner, dtype), dtype)
+    return jax.random.uniform(key, (n,)) < p32, p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +59,14 @@ class Nice(Sampling):
   """τ-nice sampling: S is a uniformly random subset of size τ; p_i = τ/n."""
   tau: int = 1
 
-  def draw(self, key, n, owner):
+  def draw(self, key, n, owner, dtype=np.float32):
     if self.tau > n:
       raise ValueError(
           f"{owner}: `sampling` is {self.tau}-nice but the worker axis has only "
           f"{n} workers; need 1 <= tau <= n")
     chosen = jax.random.permutation(key, n)[:self.tau]
     mask = jnp.zeros((n,), bool).at[chosen].set(True)
-    return mask, jnp.full((n,), self.tau / n, jnp.float32)
+    return mask, jnp.full((n,), self.tau / n, dtype)
 
 
 def independent(p: float | Sequence[float]) -> Independent:

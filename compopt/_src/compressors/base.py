@@ -180,12 +180,13 @@ class Compressor(abc.ABC):
         [self._decode_leaf(p, l, k) for p, l, k in zip(payloads, likes, keys)])
 
   def decode_sum(self, payloads, like, weights, *, key=None):
-    """Σ_j w_j C_j in float32, from n payloads stacked on a leading axis.
+    """Σ_j w_j C_j in float32 (float64 for a float64 x), from n payloads
+    stacked on a leading axis.
 
     The aggregation step of an all-gather: payload j (``jax.tree.map(lambda
-    a: a[j], payloads)``) decoded in float32 (:meth:`decode_wide`: never
-    rounded to x's dtype, whose range a decoded value may leave), times ``weights[j]``, and
-    summed over j; a payload whose weight is <= 0 is skipped (a non-member's
+    a: a[j], payloads)``) decoded in the wider of float32 and x's dtype
+    (:meth:`decode_wide`: never rounded to x's dtype, whose range a decoded
+    value may leave), times ``weights[j]``, and summed over j; a payload whose weight is <= 0 is skipped (a non-member's
     zeros may decode to NaN). Sparse payloads (top_k, rand_k, rand_k_wangni)
     are added into one vector by one scatter, O(d + n·k); the others are
     decoded one by one into a running sum (one fused pass per payload; for
@@ -194,7 +195,7 @@ class Compressor(abc.ABC):
     Args:
       payloads: n payloads of :meth:`encode`, stacked on a leading axis.
       like: as for :meth:`decode`, without the leading axis.
-      weights: float32[n].
+      weights: float[n] (float32 or float64; cast to the sum's dtype).
       key: as for :meth:`decode` (one key for all n payloads).
     """
     if self.decode_needs_key:
@@ -245,22 +246,24 @@ class Compressor(abc.ABC):
     shape, dtype = tuple(like.shape), np.dtype(like.dtype)
     size = _size(shape)
     n = int(weights.shape[0])
+    wide = compute_dtype(dtype)  # float32, or float64 for a float64 leaf
     if size == 0:
-      return jnp.zeros(shape, jnp.float32)
+      return jnp.zeros(shape, wide)
+    weights = weights.astype(wide)
     row = lambda j: jax.tree.map(lambda a: a[j], payloads)  # noqa: E731
     first = self._sparse(row(0), size, dtype, key)
     if first is not None:
       parts = [first] + [self._sparse(row(j), size, dtype, key) for j in range(1, n)]
       idx = jnp.concatenate([i for i, _ in parts])
       values = jnp.concatenate([
-          jnp.where(weights[j] > 0, v.astype(jnp.float32) * weights[j], 0)
+          jnp.where(weights[j] > 0, v.astype(wide) * weights[j], 0)
           for j, (_, v) in enumerate(parts)])
-      total = jnp.zeros((size,), jnp.float32).at[idx].add(values, mode="drop")
+      total = jnp.zeros((size,), wide).at[idx].add(values, mode="drop")
       return total.reshape(shape)
     if n > UNROLL_MAX:
       decoded = jax.vmap(lambda p: self._decode_wide(p, like, key))(payloads)
       w = weights.reshape((n,) + (1,) * len(shape))
-      return jnp.sum(jnp.where(w > 0, decoded.astype(jnp.float32) * w, 0), axis=0)
+      return jnp.sum(jnp.where(w > 0, decoded * w, 0), axis=0)
     total = None
     for j in range(n):
       # one fused pass per payload: its decode, the weight and the add. (A
@@ -280,18 +283,21 @@ class Compressor(abc.ABC):
     return self._decode(payload, size, dtype, key).astype(dtype).reshape(shape)
 
   def _decode_wide(self, payload, like, key):
-    """C(x) in float32, never rounded to x's dtype on the way: a decoded
-    value may leave that dtype's range (rand_k's (d/k)·x_j, a natural power
-    2^16 of a float16 leaf) and still be exact in the float32 aggregate."""
+    """C(x) in float32 (float64 for a float64 x), never rounded to x's dtype
+    on the way: a decoded value may leave that dtype's range (rand_k's
+    (d/k)·x_j, a natural power 2^16 of a float16 leaf) and still be exact in
+    the float32 aggregate; a float64 value keeps its 53 bits."""
     shape, dtype = tuple(like.shape), np.dtype(like.dtype)
     size = _size(shape)
+    wide = compute_dtype(dtype)
     if size == 0:
-      return jnp.zeros(shape, jnp.float32)
-    return self._decode(payload, size, dtype, key).astype(jnp.float32).reshape(shape)
+      return jnp.zeros(shape, wide)
+    return self._decode(payload, size, dtype, key).astype(wide).reshape(shape)
 
   def decode_wide(self, payload, like, *, key=None):
-    """Dense C(x) in float32, as :meth:`decode` but without rounding to x's
-    dtype: what the communication layer adds into its float32 aggregate."""
+    """Dense C(x) in the wider of float32 and x's dtype, as :meth:`decode`
+    but without rounding to x's dtype: what the communication layer adds into
+    its aggregate (float32, float64 for float64 leaves)."""
     if self.decode_needs_key:
       key = checks.check_key(key, f"{self.name}.decode_wide")
     if _is_leaf(like):

@@ -66,7 +66,7 @@ def shifted_compression(
     p: float | None = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=jnp.float32,
+    shift_dtype=None,
     scheme: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The shifted gradient estimator of DCGD-SHIFT.
@@ -112,7 +112,9 @@ def shifted_compression(
     p: Rand-DIANA's refresh probability, default 1/(ω + 1) (Thm 4).
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
-    shift_dtype: dtype of h_i and h (float32 by default).
+    shift_dtype: dtype of h_i and h; ``None`` (default): the wider of
+      float32 and each leaf's dtype (float32 for float16, bfloat16 and
+      float32 leaves, float64 for float64 ones).
     scheme: how the workers exchange the messages m_i: ``None`` or
       ``"allgather"`` (default), ``"allreduce"``, ``"auto"`` or
       ``compopt.exchange.two_phase()``; h = mean_i h_i needs the exact mean,
@@ -158,11 +160,17 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
   message = (compressor if shift_compressor is None
              else combine.induced(shift_compressor, compressor))
 
+  def dtype_of(leaf):
+    """The dtype of the shifts of ``leaf``: shift_dtype, or float32 (float64
+    for a float64 leaf)."""
+    return shift_dtype if shift_dtype is not None else comm.wide_dtype(leaf.dtype)
+
+  def zeros(tree):
+    return jax.tree.map(lambda l: jnp.zeros(l.shape, dtype_of(l)), tree)
+
   def init_fn(params):
     return ShiftedCompressionState(
-        key=checks.prng_key(key, owner),
-        shift=optax.tree_utils.tree_zeros_like(params, shift_dtype),
-        mean_shift=optax.tree_utils.tree_zeros_like(params, shift_dtype),
+        key=checks.prng_key(key, owner), shift=zeros(params), mean_shift=zeros(params),
         bits=counters.zero_bits(), scheme_state=scheme.init(params))
 
   def extra_tree(extra_args, name, updates, default_zero):
@@ -172,16 +180,16 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
         raise ValueError(
             f"{owner}: shift={shift!r} needs the extra argument `{name}=` of "
             "update (a tree shaped like the updates)")
-      return optax.tree_utils.tree_zeros_like(updates, shift_dtype)
+      return zeros(updates)
     checks.check_same_tree(value, updates, owner, name)
-    return jax.tree.map(lambda v: jnp.asarray(v, shift_dtype), value)
+    return jax.tree.map(lambda v, u: jnp.asarray(v, dtype_of(u)), value, updates)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params
     checks.check_same_tree(updates, state.shift, owner, "shift")
     omega = _unbiased_omega(compressor, updates, owner)
     next_key, step_key, refresh_key = jax.random.split(state.key, 3)
-    g32 = jax.tree.map(lambda g: g.astype(shift_dtype), updates)
+    g32 = jax.tree.map(lambda g: g.astype(dtype_of(g)), updates)
     shift_i, mean_shift = state.shift, state.mean_shift
     if shift == "fixed":
       shift_i = extra_tree(extra_args, "shift", updates, default_zero=True)
@@ -196,15 +204,15 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
                         state=state.scheme_state, owner=owner, return_own=True)
     mean_m, own_m, sent = out.mean, out.own, out.sent
     # g = h + m   (Alg. 1 lines 11-12)
-    estimate = jax.tree.map(lambda h, m: h + m.astype(shift_dtype), mean_shift, mean_m)
+    estimate = jax.tree.map(lambda h, m: h + m.astype(h.dtype), mean_shift, mean_m)
     new_shift, new_mean = state.shift, state.mean_shift
     if shift == "diana":
       delta = (0.0 if shift_compressor is None
                else ctree.tree_delta(shift_compressor, _like(updates)) or 0.0)
       a = alpha if alpha is not None else theory.diana_alpha(omega, delta)
       # h_i ← h_i + α(c_i + m_i);  h ← h + α mean_i(c_i + m_i)   (eq. 10)
-      new_shift = jax.tree.map(lambda h, m: h + a * m.astype(shift_dtype), shift_i, own_m)
-      new_mean = jax.tree.map(lambda h, m: h + a * m.astype(shift_dtype), mean_shift, mean_m)
+      new_shift = jax.tree.map(lambda h, m: h + a * m.astype(h.dtype), shift_i, own_m)
+      new_mean = jax.tree.map(lambda h, m: h + a * m.astype(h.dtype), mean_shift, mean_m)
     elif shift == "rand_diana":
       prob = p if p is not None else theory.rand_diana_p(omega)
       refresh = jax.tree.map(lambda g, h: g - h, g32, shift_i)  # ∇f_i(x^k) − h_i
@@ -213,7 +221,7 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
       # w_i ← x^k with probability p:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
       # where, not h + (g − h): the refreshed shift is g_i exactly.
       new_shift = jax.tree.map(lambda h, g, r: jnp.where(r != 0, g, h), shift_i, g32, own_r)
-      new_mean = jax.tree.map(lambda h, r: h + r.astype(shift_dtype), mean_shift, mean_r)
+      new_mean = jax.tree.map(lambda h, r: h + r.astype(h.dtype), mean_shift, mean_r)
       sent = counters.add_bits(sent, sent_r)
     g = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
     return g, ShiftedCompressionState(
@@ -233,7 +241,7 @@ def dcgd_shift(
     p: float | None = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=jnp.float32,
+    shift_dtype=None,
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -260,7 +268,8 @@ def dcgd_shift(
     p: Rand-DIANA's p (default 1/(ω + 1)).
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
-    shift_dtype: dtype of the shifts (float32 by default).
+    shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
+      for float64 leaves.
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input,
@@ -311,7 +320,7 @@ def diana(
     alpha: float | None = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=jnp.float32,
+    shift_dtype=None,
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -338,7 +347,8 @@ def diana(
     alpha: the shift step α.
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
-    shift_dtype: dtype of the shifts (float32 by default).
+    shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
+      for float64 leaves.
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input,
@@ -376,7 +386,7 @@ def rand_diana(
     p: float | None = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=jnp.float32,
+    shift_dtype=None,
     scheme: Any = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -400,7 +410,8 @@ def rand_diana(
     p: refresh probability in (0, 1].
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
-    shift_dtype: dtype of the shifts (float32 by default).
+    shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
+      for float64 leaves.
     scheme: how the workers exchange the messages (see
       :func:`shifted_compression`).
     skip_nonfinite: skip the step on every worker when any worker's input,
