@@ -21,6 +21,8 @@ with the same numbers::
     compopt.parallel.shard_map(step, mesh, "data")(params_n, state_n, batch_n)
 """
 
+from compopt._src.data_parallel import DataParallel
+from compopt._src.data_parallel import data_parallel
 from compopt._src.parallel import per_worker
 from compopt._src.parallel import shard
 from compopt._src.parallel import shard_map
@@ -28,4 +30,4 @@ from compopt._src.parallel import stack
 from compopt._src.parallel import unstack
 from compopt._src.parallel import worker
 
-__all__ = ("per_worker", "shard", "shard_map", "stack", "unstack", "worker")
+__all__ = ("DataParallel", "data_parallel", "per_worker", "shard", "shard_map", "stack", "unstack", "worker")

@@ -129,6 +129,55 @@ def find(state, cls: type) -> list:
   return [value for _, value in found]
 
 
+def _add64_last(a: jax.Array, b: jax.Array) -> jax.Array:
+  """:func:`add64` on counters whose last axis is ``[hi, lo]`` (stacked ones too)."""
+  lo = a[..., 1] + b[..., 1]
+  carry = (lo < a[..., 1]).astype(jnp.uint32)
+  return jnp.stack([a[..., 0] + b[..., 0] + carry, lo], axis=-1)
+
+
+def sub64(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(a − b) mod 2**64 on counters whose last axis is ``[hi, lo]``: the bits
+  moved between two readings of :func:`comm_bits_array`."""
+  lo = a[..., 1] - b[..., 1]
+  borrow = (a[..., 1] < b[..., 1]).astype(jnp.uint32)
+  return jnp.stack([a[..., 0] - b[..., 0] - borrow, lo], axis=-1)
+
+
+def comm_bits_array(state) -> CommBits:
+  """:func:`comm_bits` for use inside ``jax.jit``: the sum of every
+  :class:`CommBits` counter in ``state`` as exact uint32 ``[hi, lo]`` pairs
+  (leading worker axes kept), without leaving the device.
+
+  Use :func:`bits_as_float` for a step metric, or :func:`to_int` on the
+  result outside the jitted function for exact Python ints.
+
+  Example:
+    >>> import compopt, jax, jax.numpy as jnp
+    >>> opt = compopt.dcsgd(0.1, compressor=compopt.compressors.top_k(1))
+    >>> state = opt.init({"w": jnp.zeros(4)})
+    >>> jax.jit(compopt.comm_bits_array)(state).payload.tolist()
+    [0, 0]
+  """
+  counters = find(state, CommBits)
+  if not counters:
+    raise ValueError(
+        "comm_bits_array: found no CommBits counter in `state`; pass the state of a "
+        "compopt method (or an optax state that contains one)")
+  total = counters[0]
+  for c in counters[1:]:
+    total = CommBits(*(_add64_last(a, b) for a, b in zip(total, c)))
+  return total
+
+
+def bits_as_float(pair: jax.Array) -> jax.Array:
+  """A ``[hi, lo]`` counter (last axis) as float32: hi·2³² + lo, exact up to
+  2²⁴ bits and to float32's 24-bit precision beyond; for metrics and logs."""
+  pair = jnp.asarray(pair)
+  return pair[..., 0].astype(jnp.float32) * jnp.float32(2.0**32) + pair[..., 1].astype(
+      jnp.float32)
+
+
 def comm_bits(state) -> Bits:
   """Total bits sent, received and originated, read from anywhere in an optax
   state.
