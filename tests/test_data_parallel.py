@@ -66,8 +66,10 @@ def test_matches_the_stacked_mode_and_keeps_params_replicated(name):
   mesh = jax.make_mesh((N,), (AXIS,))
   dp = compopt.parallel.data_parallel(_loss, tx, mesh, axis_name=AXIS)
   p, s = params, dp.init(params)
+  payload_bits = 0.0
   for _ in range(3):
     p, s, metrics = dp.step(p, s, batch)
+    payload_bits += float(metrics["payload_bits"])
   ref_p, ref_s = _stacked_reference(tx, params, batch, 3)
   for leaf, ref in zip(jax.tree.leaves(p), jax.tree.leaves(ref_p)):
     copies = _replicas(leaf)
@@ -81,8 +83,7 @@ def test_matches_the_stacked_mode_and_keeps_params_replicated(name):
     np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-6, atol=1e-7)
   assert compopt.comm_bits(s) == compopt.comm_bits(ref_s)
   bits = compopt.comm_bits(s)
-  np.testing.assert_allclose(float(metrics["payload_bits"]) * 3, np.mean(bits.payload),
-                             rtol=1e-6)
+  np.testing.assert_allclose(payload_bits, np.mean(bits.payload), rtol=1e-6)
   assert np.isfinite(float(metrics["loss"]))
 
 
@@ -157,3 +158,24 @@ def test_the_readme_example_runs():
   exec(compile(code, "README.md", "exec"), scope)  # pylint: disable=exec-used
   assert float(scope["metrics"]["payload_bits"]) > 0
   assert float(scope["metrics"]["loss"]) < float(jnp.mean(scope["x"].sum(1) ** 2))
+
+
+def test_a_vmap_with_spmd_axis_name_is_refused_naming_the_route():
+  """jax.jit(jax.vmap(step, spmd_axis_name=...)) gives the right numbers but
+  lets XLA's partitioner move dense gradients while the counters report the
+  payloads: refused, pointing to data_parallel."""
+  params, batch = _problem()
+  tx = compopt.ef_sgd(0.1, compressor=C.top_k(2), axis_name=AXIS)
+
+  def step(p, s, b):
+    u, s = tx.update(jax.grad(_loss)(p, b), s, p)
+    return optax.apply_updates(p, u), s
+
+  p = compopt.parallel.stack(params, N)
+  s = compopt.parallel.stack(tx.init(params), N)
+  b = jax.tree.map(lambda x: x.reshape(N, -1, *x.shape[1:]), batch)
+  mesh = jax.make_mesh((N,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(mesh):
+    with pytest.raises(ValueError, match="spmd_axis_name.*data_parallel"):
+      jax.jit(jax.vmap(step, axis_name=AXIS, spmd_axis_name=AXIS))(p, s, b)
+  jax.jit(jax.vmap(step, axis_name=AXIS))(p, s, b)  # plain simulation: fine

@@ -155,6 +155,41 @@ def under_apply_if_finite() -> bool:
   return False
 
 
+def _spmd_vmap_axes(axis_name) -> frozenset:
+  """The ``spmd_axis_name`` mesh axes of the ``jax.vmap`` calls being traced,
+  when ``axis_name`` is bound by one of them (JAX's axis environment has no
+  public reader; an unknown JAX answers nothing)."""
+  try:
+    from jax._src import core as jax_core  # pylint: disable=import-outside-toplevel
+    env = jax_core.get_axis_env()
+    names, spmd = env.axis_names(), env.spmd_axis_names
+  except Exception:  # pylint: disable=broad-except
+    return frozenset()
+  if axis_name not in names or not spmd or axis_name in getattr(
+      env, "explicit_mesh_axis_names", frozenset()):
+    return frozenset()
+  return frozenset(spmd)
+
+
+def check_not_spmd_vmap(axis_name, owner: str) -> None:
+  """Refuses a worker axis made by ``jax.vmap(..., spmd_axis_name=...)``.
+
+  Under such a vmap the method's collectives are batched ops that XLA's
+  partitioner turns into whatever communication it picks: the numbers are
+  right, but the compiled program moves dense float32 buffers while the bit
+  counters report the compressed payloads."""
+  spmd = _spmd_vmap_axes(axis_name)
+  if spmd:
+    raise ValueError(
+        f"{owner}: the worker axis {axis_name!r} is a jax.vmap with "
+        f"spmd_axis_name={sorted(spmd)}: XLA's partitioner then decides what "
+        "crosses the wire (dense float32 gradients in practice) while the bit "
+        "counters count compressed payloads. Use "
+        "compopt.parallel.data_parallel(loss_fn, tx, mesh) for a jitted step over a "
+        "mesh (or compopt.parallel.shard_map), where the method's own collectives "
+        "move the payloads; plain jax.vmap(axis_name=...) simulates workers.")
+
+
 def check_not_under_skipping_multisteps(owner: str) -> None:
   """Raises ValueError when a wrapper that skips per worker (a skipping
   ``optax.MultiSteps``, ``optax.apply_if_finite``) runs this transformation."""
@@ -249,6 +284,7 @@ def skip_nonfinite(
   def update_fn(updates, state, params=None, **extra_args):
     if axis_name is not None:
       check_not_under_skipping_multisteps(owner)
+      check_not_spmd_vmap(axis_name, owner)
     new_updates, inner_state, guard = _guarded_step(
         inner.update, updates, state.inner_state, state, axis_name, owner, params,
         extra_args, bound)
@@ -279,6 +315,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
     def plain_update(updates, state, params=None, **extra_args):
       if axis_name is not None:
         check_not_under_skipping_multisteps(owner)
+        check_not_spmd_vmap(axis_name, owner)
       checks.check_floating_tree(updates, owner)
       return inner.update(updates, state, params, **extra_args)
 
@@ -292,6 +329,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
   def update_fn(updates, state, params=None, **extra_args):
     if axis_name is not None:
       check_not_under_skipping_multisteps(owner)
+      check_not_spmd_vmap(axis_name, owner)
     checks.check_floating_tree(updates, owner)
     *inner_state, guard = state
     new_updates, new_inner, guard = _guarded_step(
