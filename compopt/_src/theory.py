@@ -190,41 +190,101 @@ def induced_omega(delta1: float, omega2: float) -> float:
 
 
 # ------------------------------------------- DCSGD (Horváth & Richtárik 2021)
-def dcsgd_delta_n(omega: float, n: int) -> float:
+def _delta_n(omega, n, shared, owner) -> float:
+  omega = checks.check_omega(omega, owner)
+  n = checks.check_int(n, "n", owner)
+  shared = checks.check_bool(shared, "shared", owner)
+  if shared:
+    return omega + 1.0
+  return omega / n + 1.0
+
+
+def dcsgd_delta_n(omega: float, n: int, *, shared: bool = False) -> float:
   """δ_n: DCSGD's second-moment constant with n workers.
 
-  Horváth & Richtárik 2021, Thm 4, with C ∈ U(δ') (δ' = ω + 1):
+  Horváth & Richtárik 2021, Thm 4, with C ∈ U(δ') (δ' = ω + 1) drawn
+  independently on every worker:
 
   .. math::
     δ_n = (δ' − 1)/n + 1 = ω/n + 1.
 
-  Note that δ_n ≥ 1 is in the U(δ') notation of Horváth & Richtárik 2021 (a
-  bound on E‖mean_i C(g_i)‖²), not a contractive δ.
+  δ_n is the constant with E‖(1/n) Σ_i C(g_i)‖² ≤ δ_n (1/n) Σ_i ‖g_i‖² (proof
+  of Thm 4, Appendix B.4). Note that δ_n ≥ 1 is in the U(δ') notation of
+  Horváth & Richtárik 2021, not a contractive δ.
+
+  Shared randomness (``shared=True``, e.g. ``rand_k(shared=True)``, whose
+  random positions are the same on every worker) correlates the errors
+  ε_i = C(g_i) − g_i, and the cross terms E⟨ε_i, ε_j⟩, which vanish for
+  independent compressors, remain. With ḡ = (1/n) Σ_i g_i and E ε_i = 0,
+
+  .. math::
+    E‖(1/n) Σ_i C(g_i)‖² = ‖ḡ‖² + E‖(1/n) Σ_i ε_i‖²
+      ≤ ‖ḡ‖² + (1/n) Σ_i E‖ε_i‖²          (convexity of ‖·‖²)
+      ≤ (1/n) Σ_i ‖g_i‖² + ω (1/n) Σ_i ‖g_i‖²
+      = (ω + 1) (1/n) Σ_i ‖g_i‖²,
+
+  so δ_n = ω + 1 whatever n: sharing the randomness forfeits the 1/n. The
+  bound is attained: rand_k with one mask for all workers is linear in its
+  input, so (1/n) Σ_i C(g_i) = C(ḡ) and E‖C(ḡ)‖² = (ω + 1)‖ḡ‖², which is
+  (ω + 1)(1/n) Σ_i ‖g_i‖² when all g_i are equal (independent draws give
+  (ω/n + 1)‖ḡ‖² there).
+
+  Sharing is not only a loss: for such a linear compressor DCSGD is
+  single-node compressed SGD on f with the averaged gradient ḡ, so Thm 2
+  applies to f itself with δ' = ω + 1, and the heterogeneity term
+  D = (2L/n) Σ_i (f_i(x*) − f_i*) of Thm 4 does not arise (C(ḡ) vanishes
+  at x* for exact gradients). Independent draws give the smaller δ_n but
+  keep D: which is better depends on D.
 
   Args:
     omega: ω >= 0 of the compressor every worker uses.
     n: number of workers, >= 1.
+    shared: whether the workers draw the compressor's randomness together
+      (the same random choice on every worker) instead of independently.
 
   Returns:
-    δ_n = ω/n + 1.
+    δ_n = ω/n + 1, or ω + 1 for shared randomness.
 
   Example:
     >>> from compopt import theory
     >>> theory.dcsgd_delta_n(9.0, 3)
     4.0
+    >>> theory.dcsgd_delta_n(9.0, 3, shared=True)
+    10.0
 
   References:
-    Horváth & Richtárik 2021, Theorem 4. https://arxiv.org/abs/2006.11077
+    Horváth & Richtárik 2021, Theorem 4 and its proof (Appendix B.4).
+    https://arxiv.org/abs/2006.11077
   """
-  owner = "dcsgd_delta_n"
+  return _delta_n(omega, n, shared, "dcsgd_delta_n")
+
+
+def _delta_s(omega, n, probabilities, tau, shared, owner) -> float:
   omega = checks.check_omega(omega, owner)
   n = checks.check_int(n, "n", owner)
-  return omega / n + 1.0
+  shared = checks.check_bool(shared, "shared", owner)
+  if (probabilities is None) == (tau is None):
+    raise ValueError(f"{owner}: give exactly one of `probabilities` "
+                     f"(independent participation) and `tau` (τ-nice sampling); "
+                     f"got probabilities={probabilities!r}, tau={tau!r}")
+  if tau is not None:
+    tau = checks.check_int(tau, "tau", owner, lo=1, hi=n)
+    # v_i / p_i with p_i = τ/n and v_i = (n − τ)/(n − 1).
+    v_over_p = 0.0 if tau == n else (n - tau) / (n - 1) * n / tau
+    worst = v_over_p + 1.0
+  else:
+    ps = _probabilities(probabilities, n, owner)
+    worst = 1.0 / min(ps)  # v_i/p_i + 1 = (1 − p_i)/p_i + 1 = 1/p_i
+    v_over_p = worst - 1.0
+  if shared:
+    # δ_S = (ω + 1) max_i(v_i/p_i)/n + δ_n, δ_n = ω + 1
+    return (omega + 1.0) * v_over_p / n + omega + 1.0
+  return ((omega + 1.0) * worst - 1.0) / n + 1.0
 
 
 def dcsgd_delta_s(omega: float, n: int, *,
                   probabilities: float | Sequence[float] | None = None,
-                  tau: int | None = None) -> float:
+                  tau: int | None = None, shared: bool = False) -> float:
   """δ_S: DCSGD's constant under partial participation.
 
   Horváth & Richtárik 2021, §4.2 and Thm 6: a sampling S ⊆ [n] with
@@ -247,6 +307,19 @@ def dcsgd_delta_s(omega: float, n: int, *,
 
   Full participation (p_i = 1 or τ = n) gives v = 0 and δ_S = δ_n (Thm 4).
 
+  The proof of Thm 6 bounds the sampling's part by
+  (1/n²) Σ_i (v_i/p_i) E‖C(g_i)‖² ≤ ((ω + 1)/n) max_i (v_i/p_i) (1/n) Σ_i ‖g_i‖²
+  (Lemma 5 given the compressed vectors: it holds however the compressors'
+  randomness is drawn, as long as S is drawn independently of it) and adds
+  E‖(1/n) Σ_i C(g_i)‖² ≤ δ_n (1/n) Σ_i ‖g_i‖². So
+
+  .. math::
+    δ_S = (ω + 1) max_i (v_i/p_i)/n + δ_n,
+
+  the formula above for independent compressors (δ_n = ω/n + 1), and with
+  δ_n = ω + 1 for shared randomness (``shared=True``, see
+  :func:`dcsgd_delta_n`).
+
   Args:
     omega: ω >= 0 of the compressor.
     n: number of workers, >= 1.
@@ -254,6 +327,8 @@ def dcsgd_delta_s(omega: float, n: int, *,
       for all workers or a sequence of n numbers.
     tau: for τ-nice sampling, the number of workers per round, in [1, n].
       Give exactly one of ``probabilities`` and ``tau``.
+    shared: whether the workers draw the compressor's randomness together
+      (see :func:`dcsgd_delta_n`).
 
   Returns:
     δ_S (in the U(δ') notation of Horváth & Richtárik 2021, >= 1).
@@ -262,41 +337,36 @@ def dcsgd_delta_s(omega: float, n: int, *,
     >>> from compopt import theory
     >>> theory.dcsgd_delta_s(1.0, 4, probabilities=0.5)  # ((2/0.5) − 1)/4 + 1
     1.75
+    >>> theory.dcsgd_delta_s(1.0, 4, probabilities=0.5, shared=True)  # 2·1/4 + 2
+    2.5
 
   References:
     Horváth & Richtárik 2021, §4.2, Lemma 5, Theorem 6.
     https://arxiv.org/abs/2006.11077
   """
-  owner = "dcsgd_delta_s"
-  omega = checks.check_omega(omega, owner)
-  n = checks.check_int(n, "n", owner)
-  if (probabilities is None) == (tau is None):
-    raise ValueError(f"{owner}: give exactly one of `probabilities` "
-                     f"(independent participation) and `tau` (τ-nice sampling); "
-                     f"got probabilities={probabilities!r}, tau={tau!r}")
-  if tau is not None:
-    tau = checks.check_int(tau, "tau", owner, lo=1, hi=n)
-    # v_i / p_i + 1 with p_i = τ/n and v_i = (n − τ)/(n − 1).
-    v_over_p = 0.0 if tau == n else (n - tau) / (n - 1) * n / tau
-    worst = v_over_p + 1.0
-  else:
-    ps = _probabilities(probabilities, n, owner)
-    worst = 1.0 / min(ps)  # v_i/p_i + 1 = (1 − p_i)/p_i + 1 = 1/p_i
-  return ((omega + 1.0) * worst - 1.0) / n + 1.0
+  return _delta_s(omega, n, probabilities, tau, shared, "dcsgd_delta_s")
+
+
+def _dcsgd_delta(omega, n, probabilities, tau, shared, owner) -> float:
+  """δ_n (full participation) or δ_S (a sampling)."""
+  if probabilities is None and tau is None:
+    return _delta_n(omega, n, shared, owner)
+  return _delta_s(omega, n, probabilities, tau, shared, owner)
 
 
 def dcsgd_step_size(omega: float, n: int, L: float, *,
                     probabilities: float | Sequence[float] | None = None,
-                    tau: int | None = None) -> float:
+                    tau: int | None = None, shared: bool = False) -> float:
   """Largest DCSGD step size of Horváth & Richtárik 2021, Thms 4 and 6.
 
   .. math::
     γ ≤ 1/(2 δ_n L),  δ_n = ω/n + 1            (full participation, Thm 4)
     γ ≤ 1/(2 δ_S L)                           (a sampling S, Thm 6)
 
-  with δ_n from :func:`dcsgd_delta_n` and δ_S from :func:`dcsgd_delta_s`.
-  L is the constant of the expected smoothness assumption (Assumption 3;
-  the smoothness constant of each f_i for exact gradients).
+  with δ_n from :func:`dcsgd_delta_n` and δ_S from :func:`dcsgd_delta_s`
+  (δ_n = ω + 1 when the workers share the compressor's randomness). L is the
+  constant of the expected smoothness assumption (Assumption 3; the
+  smoothness constant of each f_i for exact gradients).
 
   Args:
     omega: ω >= 0 of the compressor.
@@ -305,6 +375,8 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
     probabilities: independent participation probabilities (see
       :func:`dcsgd_delta_s`); None with ``tau`` None means full participation.
     tau: τ-nice sampling (see :func:`dcsgd_delta_s`).
+    shared: whether the workers draw the compressor's randomness together
+      (see :func:`dcsgd_delta_n`).
 
   Returns:
     γ = 1/(2 δ L) with δ = δ_n or δ_S.
@@ -313,6 +385,8 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
     >>> from compopt import theory
     >>> theory.dcsgd_step_size(9.0, 3, 2.0)  # δ_n = 4
     0.0625
+    >>> theory.dcsgd_step_size(9.0, 3, 2.0, shared=True)  # δ_n = 10
+    0.025
 
   References:
     Horváth & Richtárik 2021, Theorems 4 and 6.
@@ -320,10 +394,7 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
   """
   owner = "dcsgd_step_size"
   L = _positive(L, "L", owner)
-  if probabilities is None and tau is None:
-    d = dcsgd_delta_n(omega, n)
-  else:
-    d = dcsgd_delta_s(omega, n, probabilities=probabilities, tau=tau)
+  d = _dcsgd_delta(omega, n, probabilities, tau, shared, owner)
   return 1.0 / (2.0 * d * L)
 
 
