@@ -399,71 +399,143 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
 
 
 # ---------------------------- shifted compression (Shulgin & Richtárik 2022)
-def dcgd_fixed_step_size(omega: float, n: int, L: float, L_max: float) -> float:
-  """Largest step size of DCGD with fixed shifts (Shulgin & Richtárik 2022, Thm 1).
+# Thms 1–4 let every worker have its own constants: Q_i ∈ U(ω_i), C_i ∈ B(δ_i),
+# L_i-smooth f_i and Rand-DIANA probabilities p_i. The helpers below take each
+# of them as one number (the same for every worker; for L_max, max_i L_i) or as
+# a sequence with one entry per worker.
+def _per_worker(value, name: str, owner: str, check) -> float | list[float]:
+  """A number, or a non-empty sequence of numbers (one per worker), each
+  passed through ``check(v)``."""
+  if np.ndim(value) == 0:  # numbers, and anything else check() refuses
+    return check(value)
+  try:
+    items = list(np.asarray(value, dtype=object).reshape(-1))
+  except Exception as e:  # pragma: no cover - exotic inputs
+    raise TypeError(f"{owner}: `{name}` must be a number or a sequence of "
+                    f"numbers, one per worker; got {value!r}") from e
+  if not items:
+    raise ValueError(f"{owner}: `{name}` must be a number or a non-empty sequence "
+                     f"of numbers, one per worker; got {value!r}")
+  return [check(v) for v in items]
 
-  .. math::
-    γ ≤ 1 / (L + 2 max_i(L_i ω_i)/n).
 
-  With one ω for all workers, max_i(L_i ω_i) = ω L_max; for different ω_i,
-  passing ω = max_i ω_i gives a smaller, still valid, step.
+def _same_workers(owner: str, n: int | None = None, **values) -> None:
+  """The per-worker sequences among ``values`` have one entry per worker."""
+  sizes = {name: len(v) for name, v in values.items() if isinstance(v, list)}
+  if n is not None:
+    for name, size in sizes.items():
+      if size != n:
+        raise ValueError(f"{owner}: `{name}` must be a number or have one entry per "
+                         f"worker (n = {n}); got {size} entries")
+  elif len(set(sizes.values())) > 1:
+    got = ", ".join(f"`{name}` has {size}" for name, size in sizes.items())
+    raise ValueError(f"{owner}: the per-worker sequences must have the same "
+                     f"length; {got}")
 
-  Args:
-    omega: ω >= 0 of the compressors Q_i.
-    n: number of workers, >= 1.
-    L: smoothness constant of f, > 0.
-    L_max: max_i L_i, the largest smoothness constant of the f_i, >= L.
 
-  Returns:
-    1 / (L + 2 ω L_max / n).
+def _largest(value) -> float:
+  return max(value) if isinstance(value, list) else value
 
-  Example:
-    >>> from compopt import theory
-    >>> theory.dcgd_fixed_step_size(9.0, 10, 1.0, 1.0)  # 1/(1 + 1.8)
-    0.35714285714285715
 
-  References:
-    Shulgin & Richtárik 2022, Theorem 1. https://arxiv.org/abs/2206.10452
-  """
-  owner = "dcgd_fixed_step_size"
-  omega = checks.check_omega(omega, owner)
-  n = checks.check_int(n, "n", owner)
-  L, L_max = _smoothness(L, L_max, owner)
-  return 1.0 / (L + 2.0 * omega * L_max / n)
+def _smallest(value) -> float:
+  return min(value) if isinstance(value, list) else value
+
+
+def _max_over_workers(fn, *values) -> float:
+  """max_i fn(v_i, …), a number standing for its value on every worker."""
+  lists = [v for v in values if isinstance(v, list)]
+  if not lists:
+    return fn(*values)
+  return max(fn(*(v[i] if isinstance(v, list) else v for v in values))
+             for i in range(len(lists[0])))
+
+
+def _omegas(omega, owner):
+  return _per_worker(omega, "omega", owner, lambda v: checks.check_omega(v, owner))
+
+
+def _deltas(delta, owner):
+  return _per_worker(delta, "delta", owner,
+                     lambda v: checks.check_real(v, "delta", owner, lo=0.0, hi=1.0))
+
+
+def _smoothnesses(L_max, owner):
+  return _per_worker(L_max, "L_max", owner, lambda v: _positive(v, "L_max", owner))
 
 
 def _smoothness(L, L_max, owner):
+  """L > 0 and the L_i (or max_i L_i) with max_i L_i >= L."""
   L = _positive(L, "L", owner)
-  L_max = _positive(L_max, "L_max", owner)
-  if L_max < L:
-    # f = mean_i f_i is L_max-smooth, so a valid L is at most L_max.
+  L_max = _smoothnesses(L_max, owner)
+  if _largest(L_max) < L:
+    # f = mean_i f_i is max_i L_i-smooth, so a valid L is at most max_i L_i.
     raise ValueError(f"{owner}: `L_max` must be >= L = {L} (f = mean_i f_i is "
                      f"max_i L_i-smooth); got {L_max}")
   return L, L_max
 
 
-def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
-                        delta: float = 0.0) -> float:
+def dcgd_fixed_step_size(omega: float | Sequence[float], n: int, L: float,
+                         L_max: float | Sequence[float]) -> float:
+  """Largest step size of DCGD with fixed shifts (Shulgin & Richtárik 2022, Thm 1).
+
+  .. math::
+    γ ≤ 1 / (L + 2 max_i(L_i ω_i)/n).
+
+  With one ω for all workers, max_i(L_i ω_i) = ω L_max. Per-worker constants
+  (a sequence ω_i, a sequence L_i, or both) give max_i(L_i ω_i) exactly.
+
+  Args:
+    omega: ω >= 0 of the compressors Q_i, or the ω_i, one per worker.
+    n: number of workers, >= 1.
+    L: smoothness constant of f, > 0.
+    L_max: max_i L_i, the largest smoothness constant of the f_i, >= L; or
+      the L_i, one per worker.
+
+  Returns:
+    1 / (L + 2 max_i(ω_i L_i) / n).
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.dcgd_fixed_step_size(9.0, 10, 1.0, 1.0)  # 1/(1 + 1.8)
+    0.35714285714285715
+    >>> theory.dcgd_fixed_step_size([1.0, 9.0], 2, 1.0, [2.0, 1.0])  # 1/(1 + 9)
+    0.1
+
+  References:
+    Shulgin & Richtárik 2022, Theorem 1. https://arxiv.org/abs/2206.10452
+  """
+  owner = "dcgd_fixed_step_size"
+  omega = _omegas(omega, owner)
+  n = checks.check_int(n, "n", owner)
+  L, L_max = _smoothness(L, L_max, owner)
+  _same_workers(owner, n, omega=omega, L_max=L_max)
+  return 1.0 / (L + _max_over_workers(lambda w, l: 2.0 * w * l, omega, L_max) / n)
+
+
+def dcgd_star_step_size(omega: float | Sequence[float], n: int, L: float,
+                        L_max: float | Sequence[float],
+                        delta: float | Sequence[float] = 0.0) -> float:
   """Largest step size of DCGD-STAR (Shulgin & Richtárik 2022, Thm 2, eq. 9).
 
-  Shifts h_i = ∇f_i(x*) + C_i(∇f_i(x^k) − ∇f_i(x*)) (eq. 8) with C_i ∈ B(δ):
+  Shifts h_i = ∇f_i(x*) + C_i(∇f_i(x^k) − ∇f_i(x*)) (eq. 8) with C_i ∈ B(δ_i):
 
   .. math::
     γ ≤ 1 / (L + max_i(L_i ω_i (1 − δ_i))/n).
 
   δ = 0 stands for C_i ≡ 0 (the paper: "δ_i should be interpreted as zero").
   The paper's statement writes C_i ∈ U(δ_i); its Table 2 and eq. 4 make C_i a
-  contractive B(δ) compressor, which is what δ here means.
+  contractive B(δ) compressor, which is what δ here means. Each of ω, L_max
+  and δ may be one number or a sequence with one entry per worker.
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
     L: smoothness constant of f, > 0.
-    L_max: max_i L_i, >= L.
-    delta: δ ∈ [0, 1] of the C_i in the shift; 0 for C_i ≡ 0.
+    L_max: max_i L_i, >= L; or the L_i, one per worker.
+    delta: δ ∈ [0, 1] of the C_i in the shift (0 for C_i ≡ 0), or the δ_i.
 
   Returns:
-    1 / (L + ω (1 − δ) L_max / n).
+    1 / (L + max_i(ω_i (1 − δ_i) L_i) / n).
 
   Example:
     >>> from compopt import theory
@@ -474,35 +546,46 @@ def dcgd_star_step_size(omega: float, n: int, L: float, L_max: float,
     Shulgin & Richtárik 2022, Theorem 2. https://arxiv.org/abs/2206.10452
   """
   owner = "dcgd_star_step_size"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
-  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
-  return 1.0 / (L + omega * (1.0 - delta) * L_max / n)
+  delta = _deltas(delta, owner)
+  _same_workers(owner, n, omega=omega, L_max=L_max, delta=delta)
+  worst = _max_over_workers(lambda w, d, l: w * (1.0 - d) * l, omega, delta, L_max)
+  return 1.0 / (L + worst / n)
 
 
-def diana_alpha(omega: float, delta: float = 0.0) -> float:
+def _diana_alpha(omega, delta, owner) -> float:
+  # α ≤ 1/(1 + ω_i(1 − δ_i)) for all i
+  return 1.0 / (1.0 + _max_over_workers(lambda w, d: w * (1.0 - d), omega, delta))
+
+
+def diana_alpha(omega: float | Sequence[float],
+                delta: float | Sequence[float] = 0.0) -> float:
   """Largest DIANA shift step α (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
-    α ≤ 1 / (1 + ω (1 − δ)),
+    α ≤ 1 / (1 + ω_i (1 − δ_i))  for all i,  i.e.
+    α = 1 / (1 + max_i ω_i (1 − δ_i)),
 
   for the shift update h_i ← h_i + α(c_i + m_i), c_i = C_i(g_i − h_i),
-  m_i = Q_i(g_i − h_i − c_i) (eq. 10), Q_i ∈ U(ω), C_i ∈ B(δ). δ = 0 stands
-  for C_i ≡ 0, the original DIANA (eq. 11): α = 1/(1 + ω). The theorem's
-  statement writes C_i ∈ U(δ_i); Table 2 and eq. 4 make C_i contractive,
-  B(δ), as used here.
+  m_i = Q_i(g_i − h_i − c_i) (eq. 10), Q_i ∈ U(ω_i), C_i ∈ B(δ_i). δ = 0
+  stands for C_i ≡ 0, the original DIANA (eq. 11): α = 1/(1 + ω). The
+  theorem's statement writes C_i ∈ U(δ_i); Table 2 and eq. 4 make C_i
+  contractive, B(δ), as used here.
 
   Args:
-    omega: ω >= 0 of the Q_i (for different ω_i pass max_i ω_i).
-    delta: δ ∈ [0, 1] of the C_i; 0 for C_i ≡ 0.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
+    delta: δ ∈ [0, 1] of the C_i (0 for C_i ≡ 0), or the δ_i, one per worker.
 
   Returns:
-    α = 1 / (1 + ω (1 − δ)).
+    α = 1 / (1 + max_i ω_i (1 − δ_i)).
 
   Example:
     >>> from compopt import theory
     >>> theory.diana_alpha(9.0)   # rand_k with q = k/d = 0.1: α = q
+    0.1
+    >>> theory.diana_alpha([1.0, 9.0])   # the most compressed worker decides
     0.1
 
   References:
@@ -510,19 +593,20 @@ def diana_alpha(omega: float, delta: float = 0.0) -> float:
     https://arxiv.org/abs/2206.10452
   """
   owner = "diana_alpha"
-  omega = checks.check_omega(omega, owner)
-  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
-  return 1.0 / (1.0 + omega * (1.0 - delta))
+  omega = _omegas(omega, owner)
+  delta = _deltas(delta, owner)
+  _same_workers(owner, omega=omega, delta=delta)
+  return _diana_alpha(omega, delta, owner)
 
 
 def _alpha_arg(alpha, omega, delta, owner):
   if alpha is None:
-    return diana_alpha(omega, delta)
+    return _diana_alpha(omega, delta, owner)
   return checks.check_real(alpha, "alpha", owner, lo=0.0, hi=1.0, lo_open=True)
 
 
-def diana_M(omega: float, n: int, alpha: float | None = None,
-            delta: float = 0.0) -> float:
+def diana_M(omega: float | Sequence[float], n: int, alpha: float | None = None,
+            delta: float | Sequence[float] = 0.0) -> float:
   """The Lyapunov weight M of DIANA, with a safety factor 2.
 
   Shulgin & Richtárik 2022, Thm 3.
@@ -534,7 +618,9 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
     M = 4 max(1, ω) / (n α),
 
   which meets the stated condition and makes 1 − α + 2ω/(nM) ≤ 1 − α/2
-  (the same factor 2 as Thm 4's choice M = 4ω/(n p) for Rand-DIANA).
+  (the same factor 2 as Thm 4's choice M = 4ω/(n p) for Rand-DIANA). With
+  per-worker ω_i, the rate's ω (written without an index in the theorem) is
+  max_i ω_i.
 
   Why both bounds: the theorem's γ bound, (1 + αM)L_max, and its rate term
   2ω/(nM) are those of a Lyapunov function M γ² (1/n) Σ_i ‖h_i − h_i*‖²
@@ -543,13 +629,13 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
   we take the choice that satisfies both readings.
 
   Args:
-    omega: ω >= 0 of the Q_i (for different ω_i pass max_i ω_i).
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
     alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
-    delta: δ ∈ [0, 1] of the C_i, used only for the default α.
+    delta: δ ∈ [0, 1] of the C_i, or the δ_i; used only for the default α.
 
   Returns:
-    M = 4 max(1, ω) / (n α).
+    M = 4 max(1, max_i ω_i) / (n α).
 
   Example:
     >>> from compopt import theory
@@ -560,35 +646,37 @@ def diana_M(omega: float, n: int, alpha: float | None = None,
     Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_M"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
-  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
+  delta = _deltas(delta, owner)
+  _same_workers(owner, n, omega=omega, delta=delta)
   alpha = _alpha_arg(alpha, omega, delta, owner)
-  return 4.0 * max(1.0, omega) / (n * alpha)
+  return 4.0 * max(1.0, _largest(omega)) / (n * alpha)
 
 
-def diana_step_size(omega: float, n: int, L_max: float, *,
+def diana_step_size(omega: float | Sequence[float], n: int,
+                    L_max: float | Sequence[float], *,
                     alpha: float | None = None, M: float | None = None,
-                    delta: float = 0.0) -> float:
+                    delta: float | Sequence[float] = 0.0) -> float:
   """Largest DIANA step size γ (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
     γ ≤ 1 / ((2/n) max_i(ω_i L_i) + (1 + α M) L_max),
 
-  with one ω for all workers (max_i(ω_i L_i) = ω L_max; for different ω_i,
-  ω = max_i ω_i gives a valid bound). The theorem's bound does not involve
-  the smoothness constant L of f, only the L_i.
+  with one ω for all workers max_i(ω_i L_i) = ω L_max; per-worker ω_i and
+  L_i give max_i(ω_i L_i) exactly. The theorem's bound does not involve the
+  smoothness constant L of f, only the L_i.
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
-    L_max: max_i L_i, > 0.
+    L_max: max_i L_i, > 0; or the L_i, one per worker.
     alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
     M: the Lyapunov weight, > 0; defaults to :func:`diana_M`.
-    delta: δ ∈ [0, 1] of the C_i; used only for the default α.
+    delta: δ ∈ [0, 1] of the C_i, or the δ_i; used only for the default α.
 
   Returns:
-    1 / ((2/n) ω L_max + (1 + α M) L_max).
+    1 / ((2/n) max_i(ω_i L_i) + (1 + α M) max_i L_i).
 
   Example:
     >>> from compopt import theory
@@ -600,36 +688,42 @@ def diana_step_size(omega: float, n: int, L_max: float, *,
     Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_step_size"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
-  L_max = _positive(L_max, "L_max", owner)
-  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
+  L_max = _smoothnesses(L_max, owner)
+  delta = _deltas(delta, owner)
+  _same_workers(owner, n, omega=omega, L_max=L_max, delta=delta)
   alpha = _alpha_arg(alpha, omega, delta, owner)
-  M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
-  return 1.0 / (2.0 * omega * L_max / n + (1.0 + alpha * M) * L_max)
+  if M is None:
+    M = 4.0 * max(1.0, _largest(omega)) / (n * alpha)  # diana_M
+  else:
+    M = _positive(M, "M", owner)
+  worst = _max_over_workers(lambda w, l: 2.0 * w * l, omega, L_max)
+  return 1.0 / (worst / n + (1.0 + alpha * M) * _largest(L_max))
 
 
-def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
+def diana_rate(omega: float | Sequence[float], n: int, gamma: float, mu: float, *,
                alpha: float | None = None, M: float | None = None,
-               delta: float = 0.0) -> float:
+               delta: float | Sequence[float] = 0.0) -> float:
   """DIANA's per-iteration contraction factor (Shulgin & Richtárik 2022, Thm 3).
 
   .. math::
-    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − α + 2ω/(nM)}.
+    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − α + 2ω/(nM)},
 
-  A value >= 1 means the theorem guarantees nothing for these parameters.
+  with ω = max_i ω_i for per-worker ω_i. A value >= 1 means the theorem
+  guarantees nothing for these parameters.
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
     gamma: the step size γ > 0 (e.g. :func:`diana_step_size`).
     mu: strong convexity constant μ > 0 of f.
     alpha: the shift step α ∈ (0, 1]; defaults to :func:`diana_alpha`.
     M: the Lyapunov weight, > 0; defaults to :func:`diana_M`.
-    delta: δ ∈ [0, 1] of the C_i; used only for the default α.
+    delta: δ ∈ [0, 1] of the C_i, or the δ_i; used only for the default α.
 
   Returns:
-    ρ = max(1 − γμ, 1 − α + 2ω/(nM)).
+    ρ = max(1 − γμ, 1 − α + 2 max_i ω_i/(nM)).
 
   Example:
     >>> from compopt import theory
@@ -640,17 +734,19 @@ def diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     Shulgin & Richtárik 2022, Theorem 3. https://arxiv.org/abs/2206.10452
   """
   owner = "diana_rate"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
   gamma = _positive(gamma, "gamma", owner)
   mu = _positive(mu, "mu", owner)
-  delta = checks.check_real(delta, "delta", owner, lo=0.0, hi=1.0)
+  delta = _deltas(delta, owner)
+  _same_workers(owner, n, omega=omega, delta=delta)
   alpha = _alpha_arg(alpha, omega, delta, owner)
-  M = diana_M(omega, n, alpha) if M is None else _positive(M, "M", owner)
-  return max(1.0 - gamma * mu, 1.0 - alpha + 2.0 * omega / (n * M))
+  w = _largest(omega)
+  M = 4.0 * max(1.0, w) / (n * alpha) if M is None else _positive(M, "M", owner)
+  return max(1.0 - gamma * mu, 1.0 - alpha + 2.0 * w / (n * M))
 
 
-def rand_diana_p(omega: float) -> float:
+def rand_diana_p(omega: float | Sequence[float]) -> float:
   """Rand-DIANA's refresh probability p = 1/(ω + 1).
 
   Shulgin & Richtárik 2022, §3.2.2.
@@ -662,31 +758,42 @@ def rand_diana_p(omega: float) -> float:
   §4.1): with M = 4ω/(np) it gives the iteration complexity
   max{(L_max/μ)(1 + ω/n), ω + 1} of the original DIANA.
 
+  Per-worker ω_i: Thm 4 is stated with one ω, which for Q_i ∈ U(ω_i) is
+  ω = max_i ω_i (U(ω_i) ⊆ U(max_i ω_i)). Its bounds depend on the p_i only
+  through p_m = min_i p_i (the rate) and max_i(p_i L_i) (the step), so raising
+  a worker's p_i above p_m buys no guarantee and shrinks γ; the common
+  p = 1/(max_i ω_i + 1) is returned. (Thm 4 allows different p_i: calling
+  this with each worker's ω_i gives p_i = 1/(ω_i + 1).)
+
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
 
   Returns:
-    p = 1/(ω + 1) ∈ (0, 1].
+    p = 1/(max_i ω_i + 1) ∈ (0, 1].
 
   Example:
     >>> from compopt import theory
     >>> theory.rand_diana_p(9.0)
+    0.1
+    >>> theory.rand_diana_p([1.0, 9.0])
     0.1
 
   References:
     Shulgin & Richtárik 2022, Theorem 4 and the text after it.
     https://arxiv.org/abs/2206.10452
   """
-  return 1.0 / (checks.check_omega(omega, "rand_diana_p") + 1.0)
+  return 1.0 / (_largest(_omegas(omega, "rand_diana_p")) + 1.0)
 
 
 def _p_arg(p, omega, owner):
   if p is None:
-    return rand_diana_p(omega)
-  return checks.check_real(p, "p", owner, lo=0.0, hi=1.0, lo_open=True)
+    return 1.0 / (_largest(omega) + 1.0)  # rand_diana_p
+  return _per_worker(p, "p", owner,
+                     lambda v: checks.check_real(v, "p", owner, lo=0.0, hi=1.0, lo_open=True))
 
 
-def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
+def rand_diana_M(omega: float | Sequence[float], n: int,
+                 p: float | Sequence[float] | None = None) -> float:
   """Rand-DIANA's Lyapunov weight M = 4ω/(n p_m).
 
   Shulgin & Richtárik 2022, Thm 4.
@@ -696,16 +803,17 @@ def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
 
   twice the theorem's lower bound M > 2ω/(n p_m) (the choice stated after
   Thm 4). It makes the rate term 1 − p_m + 2ω/(nM) = 1 − p_m/2. For ω = 0
-  this is 0: no compression, no shift term to control.
+  this is 0: no compression, no shift term to control. Per-worker ω_i enter
+  as ω = max_i ω_i (see :func:`rand_diana_p`).
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
-    p: p_m ∈ (0, 1], the smallest refresh probability; defaults to
-      :func:`rand_diana_p`.
+    p: the refresh probability ∈ (0, 1], or the p_i, one per worker (p_m is
+      their minimum); defaults to :func:`rand_diana_p`.
 
   Returns:
-    M = 4ω/(n p).
+    M = 4 max_i ω_i/(n min_i p_i).
 
   Example:
     >>> from compopt import theory
@@ -716,32 +824,36 @@ def rand_diana_M(omega: float, n: int, p: float | None = None) -> float:
     Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_M"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
   p = _p_arg(p, omega, owner)
-  return 4.0 * omega / (n * p)
+  _same_workers(owner, n, omega=omega, p=p)
+  return 4.0 * _largest(omega) / (n * _smallest(p))
 
 
-def rand_diana_step_size(omega: float, n: int, L_max: float, *,
-                         p: float | None = None,
+def rand_diana_step_size(omega: float | Sequence[float], n: int,
+                         L_max: float | Sequence[float], *,
+                         p: float | Sequence[float] | None = None,
                          M: float | None = None) -> float:
   """Largest Rand-DIANA step size γ (Shulgin & Richtárik 2022, Thm 4).
 
   .. math::
     γ ≤ 1 / ((1 + 2ω/n) L_max + M max_i(p_i L_i)),
 
-  with one p for all workers (max_i(p_i L_i) = p L_max). With the defaults
-  p = 1/(ω + 1), M = 4ω/(np): γ = 1/((1 + 6ω/n) L_max).
+  with ω = max_i ω_i for per-worker ω_i. With one p and one L_max,
+  max_i(p_i L_i) = p L_max; per-worker p_i and L_i give it exactly. With the
+  defaults p = 1/(ω + 1), M = 4ω/(np): γ = 1/((1 + 6ω/n) L_max).
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
-    L_max: max_i L_i, > 0.
-    p: refresh probability ∈ (0, 1]; defaults to :func:`rand_diana_p`.
+    L_max: max_i L_i, > 0; or the L_i, one per worker.
+    p: refresh probability ∈ (0, 1], or the p_i, one per worker; defaults to
+      :func:`rand_diana_p`.
     M: the Lyapunov weight, >= 0; defaults to :func:`rand_diana_M`.
 
   Returns:
-    1 / ((1 + 2ω/n) L_max + M p L_max).
+    1 / ((1 + 2 max_i ω_i/n) max_i L_i + M max_i(p_i L_i)).
 
   Example:
     >>> from compopt import theory
@@ -752,37 +864,46 @@ def rand_diana_step_size(omega: float, n: int, L_max: float, *,
     Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_step_size"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
-  L_max = _positive(L_max, "L_max", owner)
+  L_max = _smoothnesses(L_max, owner)
   p = _p_arg(p, omega, owner)
-  M = rand_diana_M(omega, n, p) if M is None else checks.check_real(M, "M", owner, lo=0.0)
-  return 1.0 / ((1.0 + 2.0 * omega / n) * L_max + M * p * L_max)
+  _same_workers(owner, n, omega=omega, L_max=L_max, p=p)
+  w = _largest(omega)
+  if M is None:
+    M = 4.0 * w / (n * _smallest(p))  # rand_diana_M
+  else:
+    M = checks.check_real(M, "M", owner, lo=0.0)
+  refresh = _max_over_workers(lambda q, l: M * q * l, p, L_max)
+  return 1.0 / ((1.0 + 2.0 * w / n) * _largest(L_max) + refresh)
 
 
-def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
-                    p: float | None = None, M: float | None = None) -> float:
+def rand_diana_rate(omega: float | Sequence[float], n: int, gamma: float, mu: float, *,
+                    p: float | Sequence[float] | None = None,
+                    M: float | None = None) -> float:
   """Rand-DIANA's per-iteration contraction factor.
 
   Shulgin & Richtárik 2022, Thm 4.
 
   .. math::
-    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − p_m + 2ω/(nM)}.
+    E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − p_m + 2ω/(nM)},  p_m = min_i p_i,
 
-  (For ω = 0 the second term is 1 − p_m.) A value >= 1 means the theorem
-  guarantees nothing for these parameters.
+  with ω = max_i ω_i for per-worker ω_i. (For ω = 0 the second term is
+  1 − p_m.) A value >= 1 means the theorem guarantees nothing for these
+  parameters.
 
   Args:
-    omega: ω >= 0 of the Q_i.
+    omega: ω >= 0 of the Q_i, or the ω_i, one per worker.
     n: number of workers, >= 1.
     gamma: the step size γ > 0.
     mu: strong convexity constant μ > 0.
-    p: p_m ∈ (0, 1]; defaults to :func:`rand_diana_p`.
+    p: refresh probability ∈ (0, 1], or the p_i, one per worker; defaults to
+      :func:`rand_diana_p`.
     M: the Lyapunov weight, > 0 (>= 0 when ω = 0); defaults to
       :func:`rand_diana_M`.
 
   Returns:
-    ρ = max(1 − γμ, 1 − p + 2ω/(nM)).
+    ρ = max(1 − γμ, 1 − p_m + 2 max_i ω_i/(nM)).
 
   Example:
     >>> from compopt import theory
@@ -793,17 +914,19 @@ def rand_diana_rate(omega: float, n: int, gamma: float, mu: float, *,
     Shulgin & Richtárik 2022, Theorem 4. https://arxiv.org/abs/2206.10452
   """
   owner = "rand_diana_rate"
-  omega = checks.check_omega(omega, owner)
+  omega = _omegas(omega, owner)
   n = checks.check_int(n, "n", owner)
   gamma = _positive(gamma, "gamma", owner)
   mu = _positive(mu, "mu", owner)
   p = _p_arg(p, omega, owner)
+  _same_workers(owner, n, omega=omega, p=p)
+  w, p_m = _largest(omega), _smallest(p)
   if M is None:
-    M = rand_diana_M(omega, n, p)
+    M = 4.0 * w / (n * p_m)  # rand_diana_M
   else:
-    M = checks.check_real(M, "M", owner, lo=0.0, lo_open=omega > 0)
-  shift_term = 0.0 if omega == 0 else 2.0 * omega / (n * M)
-  return max(1.0 - gamma * mu, 1.0 - p + shift_term)
+    M = checks.check_real(M, "M", owner, lo=0.0, lo_open=w > 0)
+  shift_term = 0.0 if w == 0 else 2.0 * w / (n * M)
+  return max(1.0 - gamma * mu, 1.0 - p_m + shift_term)
 
 
 def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
@@ -818,7 +941,7 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
     omega: ω >= 0 of the Q_i.
     n: number of workers, >= 1.
     L: smoothness constant of f, > 0.
-    L_max: max_i L_i, >= L.
+    L_max: max_i L_i, >= L (or the L_i, one per worker).
     mu: strong convexity constant of f, in (0, L].
 
   Returns:
@@ -836,6 +959,7 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
   omega = checks.check_omega(omega, owner)
   n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
+  L_max = _largest(L_max)
   mu = checks.check_real(mu, "mu", owner, lo=0.0, hi=L, lo_open=True)
   return 1.0 / (L / mu + 2.0 * omega / n * (L_max / mu - 1.0))
 
@@ -853,7 +977,7 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
     omega: ω >= 0 of the Q_i.
     n: number of workers, >= 1.
     L: smoothness constant of f, > 0.
-    L_max: max_i L_i, >= L.
+    L_max: max_i L_i, >= L (or the L_i, one per worker).
     eta: the relaxation η ∈ (0, 1] (e.g. :func:`gdci_eta`).
 
   Returns:
@@ -871,6 +995,7 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
   omega = checks.check_omega(omega, owner)
   n = checks.check_int(n, "n", owner)
   L, L_max = _smoothness(L, L_max, owner)
+  L_max = _largest(L_max)
   eta = checks.check_real(eta, "eta", owner, lo=0.0, hi=1.0, lo_open=True)
   return (1.0 + 2.0 * eta * omega / n) / (eta * (L + 2.0 * L_max * omega / n))
 
