@@ -6,6 +6,9 @@ from compopt import exchange
 from compopt import parallel
 from compopt import sampling
 from compopt import theory
+from compopt._src.averaging import IterateAverageState
+from compopt._src.averaging import averaged_params
+from compopt._src.averaging import iterate_average
 from compopt._src.counters import Bits
 from compopt._src.counters import CommBits
 from compopt._src.counters import comm_bits
@@ -59,10 +62,12 @@ __all__ = (
     "EF21EstimatorState",
     "ErrorFeedbackState",
     "GdciState",
+    "IterateAverageState",
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
     "SkipNonfiniteState",
     "accumulate",
+    "averaged_params",
     "checkpoint",
     "comm_bits",
     "comp_ams",
@@ -80,6 +85,7 @@ __all__ = (
     "error_feedback",
     "exchange",
     "gdci",
+    "iterate_average",
     "majority_vote",
     "neolithic",
     "parallel",

@@ -9,6 +9,8 @@
     alpha = theory.diana_alpha(w)                  # Shulgin & Richtárik 2022, Thm 3
     R = theory.neolithic_rounds(delta=0.1, T=10_000, b2=1.0, sigma2=1.0,
                                 Delta=1.0, L=1.0)  # Huang et al. 2022, Thm 3
+    sched = theory.dcsgd_schedule(w, n=8, L=1.0, mu=0.1, T=10_000)  # Thms 2/4/6
+    weights = theory.dcsgd_weights(w, n=8, L=1.0, mu=0.1, T=10_000)  # for x̄^T
 
 Notation: unbiased U(ω), E C(x) = x and E‖C(x) − x‖² ≤ ω‖x‖²; contractive
 B(δ), E‖C(x) − x‖² ≤ (1 − δ)‖x‖². Every function documents its source theorem.
@@ -17,9 +19,12 @@ B(δ), E‖C(x) − x‖² ≤ (1 − δ)‖x‖². Every function documents its
 from compopt._src.theory import TRANSIENT_METHODS
 from compopt._src.theory import dcgd_fixed_step_size
 from compopt._src.theory import dcgd_star_step_size
+from compopt._src.theory import dcsgd_bound
 from compopt._src.theory import dcsgd_delta_n
 from compopt._src.theory import dcsgd_delta_s
+from compopt._src.theory import dcsgd_schedule
 from compopt._src.theory import dcsgd_step_size
+from compopt._src.theory import dcsgd_weights
 from compopt._src.theory import delta
 from compopt._src.theory import diana_alpha
 from compopt._src.theory import diana_M
@@ -41,9 +46,12 @@ __all__ = (
     "TRANSIENT_METHODS",
     "dcgd_fixed_step_size",
     "dcgd_star_step_size",
+    "dcsgd_bound",
     "dcsgd_delta_n",
     "dcsgd_delta_s",
+    "dcsgd_schedule",
     "dcsgd_step_size",
+    "dcsgd_weights",
     "delta",
     "diana_M",
     "diana_alpha",
