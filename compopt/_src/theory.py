@@ -2,7 +2,8 @@
 
 Every function returns a plain Python number computed from the statement of a
 theorem, and names its source; the exceptions are the DCSGD schedule and
-weights (functions of the step count, like optax schedules).
+weights (functions of the step count, like optax schedules) and
+:func:`sign_density` (a JAX scalar, measured on the user's own vectors).
 Notation:
 
 * unbiased U(ω): E C(x) = x, E‖C(x) − x‖² ≤ ω‖x‖²;
@@ -20,6 +21,11 @@ References:
   Huang et al. 2022: Huang, Chen, Yin, Yuan. Lower bounds and nearly optimal
     algorithms in distributed learning with communication compression,
     NeurIPS 2022. https://arxiv.org/abs/2206.03665
+  Karimireddy et al. 2019: Karimireddy, Rebjock, Stich, Jaggi. Error
+    feedback fixes SignSGD and other gradient compression schemes, ICML 2019.
+    https://arxiv.org/abs/1901.09847
+  Li & Li 2022: Li, Li. On distributed adaptive optimization with gradient
+    compression, ICLR 2022. https://arxiv.org/abs/2205.05632
   Shulgin & Richtárik 2022: Shulgin, Richtárik. Shifted compression
     framework: generalizations and improvements, UAI 2022.
     https://arxiv.org/abs/2206.10452
@@ -1356,3 +1362,356 @@ def transient_complexity(method: str, n: int, delta: float | None = None,
     d = 1.0 / (1.0 + checks.check_omega(omega, owner))
   fn = _TRANSIENT[method]
   return None if fn is None else float(fn(n, d))
+
+
+# ---------------------------------------------------- COMP-AMS (Li & Li 2022)
+def _q_arg(q, delta, owner) -> float:
+  """q ∈ [0, 1) of Assumption 1, given as q or as δ = 1 − q²."""
+  if (q is None) == (delta is None):
+    raise ValueError(f"{owner}: give exactly one of `q` (‖C(x) − x‖ ≤ q‖x‖) and "
+                     f"`delta` (δ = 1 − q²); got q={q!r}, delta={delta!r}")
+  if q is not None:
+    return checks.check_real(q, "q", owner, lo=0.0, hi=1.0, hi_open=True)
+  return math.sqrt(1.0 - checks.check_delta(delta, owner))
+
+
+def comp_ams_learning_rate(L: float, G: float, *, q: float | None = None,
+                           delta: float | None = None, b1: float = 0.9,
+                           eps: float = 1e-8, T: int | None = None,
+                           n: int = 1) -> float:
+  """COMP-AMS's learning rate η (Li & Li 2022, Thm 1, Corollaries 1–2).
+
+  For a q-deviate compressor, ‖C(x) − x‖ ≤ q‖x‖ with q ∈ [0, 1)
+  (Assumption 1), L-smooth f_i (Assumption 2) and stochastic gradients
+  bounded by ‖g_{t,i}‖ ≤ G (Assumption 3), Thm 1 holds for constant steps
+
+  .. math::
+    η ≤ ε / (3 C_0 √(2L max{2L, C_2})),
+    C_0 = √(4(1 + q²)³ G²/(1 − q²)² + ε),
+    C_2 = β1²/(1 − β1)² + 4q²/(1 − q²)².
+
+  Corollary 1 (n = 1) and Corollary 2 (n workers, linear speedup) take
+  η = min{that bound, √n/√T}; give ``T`` for it.
+
+  The statement of Thm 1 uses C_2 without defining it; C_2 is defined in the
+  proof (Appendix A.2, after eq. 9). The proof writes
+  C_0 = √(4(1 + q²)³G²/(1 − q²)²) + ε; we follow the statement (ε inside the
+  root). ε is the ε of :func:`compopt.scale_by_comp_ams` (inside the root,
+  m/√(v̂ + ε)). Top-k has q² = 1 − k/d and Block-Sign
+  q² = 1 − min_i 1/d_i (Remark 1): q = √(1 − δ) for the δ of
+  :func:`delta`, which ``delta=`` takes instead of q.
+
+  Args:
+    L: smoothness constant of the f_i, > 0.
+    G: bound on the stochastic gradients' norm, >= 0.
+    q: q ∈ [0, 1) of the compressor (Assumption 1).
+    delta: alternatively δ ∈ (0, 1], with q = √(1 − δ). Give exactly one.
+    b1: β1 ∈ [0, 1).
+    eps: ε > 0.
+    T: number of iterations, >= 1, for the corollaries' min with √n/√T
+      (None: Thm 1's constant bound alone).
+    n: number of workers, >= 1 (used with ``T``).
+
+  Returns:
+    η = ε/(3 C_0 √(2L max{2L, C_2})), or its min with √(n/T).
+
+  Example:
+    >>> from compopt import theory
+    >>> # q = 0, β1 = 1/2, G = 1, ε = 5: C_0 = 3, C_2 = 1, η = 5/(3·3·4)
+    >>> round(theory.comp_ams_learning_rate(2.0, 1.0, q=0.0, b1=0.5, eps=5.0), 6)
+    0.138889
+
+  References:
+    Li, Li. On distributed adaptive optimization with gradient compression,
+    ICLR 2022, Theorem 1, Corollaries 1 and 2.
+    https://arxiv.org/abs/2205.05632
+  """
+  owner = "comp_ams_learning_rate"
+  L = _positive(L, "L", owner)
+  G = checks.check_real(G, "G", owner, lo=0.0)
+  q = _q_arg(q, delta, owner)
+  b1 = checks.check_real(b1, "b1", owner, lo=0.0, hi=1.0, hi_open=True)
+  eps = _positive(eps, "eps", owner)
+  n = checks.check_int(n, "n", owner)
+  q2 = q * q
+  C0 = math.sqrt(4.0 * (1.0 + q2) ** 3 * G * G / (1.0 - q2) ** 2 + eps)
+  C2 = b1 * b1 / (1.0 - b1) ** 2 + 4.0 * q2 / (1.0 - q2) ** 2
+  eta = eps / (3.0 * C0 * math.sqrt(2.0 * L * max(2.0 * L, C2)))
+  if T is None:
+    return eta
+  T = checks.check_int(T, "T", owner)
+  return min(eta, math.sqrt(n / T))
+
+
+# ------------------------------------- EF-SignSGD (Karimireddy et al. 2019)
+def sign_density(v: Any, block_size: int | None = None) -> jax.Array:
+  """φ(v): the δ of scaled sign on v itself (Karimireddy et al. 2019, Lemma 8).
+
+  Scaled sign C(v) = (‖v‖₁/d) sign(v) meets its contraction with equality:
+
+  .. math::
+    ‖C(v) − v‖² = ‖v‖² − ‖v‖₁²/d = (1 − φ(v)) ‖v‖²,
+    φ(v) = ‖v‖₁² / (d ‖v‖₂²) ∈ [1/d, 1].
+
+  The worst case, φ = 1/d (one non-zero coordinate), is the δ that
+  :func:`delta` reports for ``scaled_sign``; dense vectors have a much larger
+  φ (the paper measures min φ(g_t + e_t) > 0.13 on VGG19). The EF theorems
+  need δ over the vectors actually compressed, p_t = γg_t + e_t for EF-SGD
+  (Alg. 2), so measure φ on those.
+
+  compopt's ``scaled_sign`` acts leaf by leaf and ``block_sign`` block by
+  block; the error then adds up over the blocks B (d_B coordinates each) and
+
+  .. math::
+    ‖C(v) − v‖² = (1 − φ(v)) ‖v‖²,
+    φ(v) = Σ_B ‖v_B‖₁²/d_B / Σ_B ‖v_B‖₂²,
+
+  which is what is returned for a pytree (each leaf a block, or blocks of
+  ``block_size`` coordinates within each leaf, the last one shorter, as
+  ``block_sign(block_size)`` cuts them). For one array it is Lemma 8's φ(v).
+
+  Args:
+    v: an array or a pytree of arrays (for example the error-corrected
+      gradients). Traceable: it can be computed inside a jitted step.
+    block_size: as in ``compressors.block_sign``; None: one block per leaf.
+
+  Returns:
+    φ(v) as a float32 scalar array; 1 for v = 0 (C(0) = 0: any δ holds).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from compopt import theory
+    >>> round(float(theory.sign_density(jnp.array([3.0, -1.0, 0.0, 0.0]))), 6)  # 16/(4·10)
+    0.4
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019, Lemma 8.
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "sign_density"
+  if block_size is not None:
+    block_size = checks.check_int(block_size, "block_size", owner, lo=1)
+  leaves = jax.tree.leaves(v)
+  if not leaves:
+    raise ValueError(f"{owner}: `v` must hold at least one array; got {v!r}")
+  l1_sq_over_d = jnp.float32(0.0)  # Σ_B ‖v_B‖₁²/d_B
+  l2_sq = jnp.float32(0.0)  # Σ_B ‖v_B‖₂²
+  for leaf in leaves:
+    x = jnp.ravel(checks.check_array(leaf, owner)).astype(jnp.float32)
+    size = x.shape[0]
+    if size == 0:
+      continue
+    block = size if block_size is None else min(block_size, size)
+    full = size // block
+    a = jnp.abs(x)
+    rows = a[:full * block].reshape(full, block)
+    l1_sq_over_d += jnp.sum(jnp.square(jnp.sum(rows, axis=1))) / block
+    if full * block < size:
+      tail = a[full * block:]
+      l1_sq_over_d += jnp.square(jnp.sum(tail)) / tail.shape[0]
+    l2_sq += jnp.sum(jnp.square(x))
+  return jnp.where(l2_sq > 0, l1_sq_over_d / jnp.where(l2_sq > 0, l2_sq, 1.0),
+                   1.0).astype(jnp.float32)
+
+
+def _ef_args(T, sigma2, delta, owner):
+  T = checks.check_int(T, "T", owner)
+  sigma2 = _positive(sigma2, "sigma2", owner)
+  delta = checks.check_delta(delta, owner)
+  return T, sigma2, delta
+
+
+def ef_signsgd_bound(gamma: float, T: int, f0: float, L: float, sigma2: float,
+                     delta: float) -> float:
+  """The right-hand side of EF-SGD's non-convex rate (Karimireddy et al. 2019, Thm II).
+
+  For Alg. 2 (EF-SGD) with a δ-approximate compressor
+  (‖C(x) − x‖² ≤ (1 − δ)‖x‖², Assumption A; scaled sign for EF-SignSGD, with
+  δ = φ, :func:`sign_density`), L-smooth f and E‖g‖² ≤ σ² (Assumption C):
+
+  .. math::
+    min_{t≤T} E‖∇f(x_t)‖² ≤ 2f_0/(γ(T + 1)) + γLσ²/2 + 4γ²L²σ²(1 − δ)/δ²,
+
+  f_0 = f(x_0) − f*, for any step size γ > 0.
+
+  Args:
+    gamma: step size γ > 0.
+    T: last iteration, >= 1.
+    f0: f(x_0) − f* > 0.
+    L: smoothness constant, > 0.
+    sigma2: σ² > 0, the bound on E‖g‖².
+    delta: δ ∈ (0, 1] of the compressor.
+
+  Returns:
+    The bound, a float.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.ef_signsgd_bound(0.5, 3, 1.5, 1.0, 4.0, 1.0)  # 1.5 + 1 + 0
+    2.5
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019, Theorem II.
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "ef_signsgd_bound"
+  gamma = _positive(gamma, "gamma", owner)
+  f0 = _positive(f0, "f0", owner)
+  L = _positive(L, "L", owner)
+  T, sigma2, delta = _ef_args(T, sigma2, delta, owner)
+  return (2.0 * f0 / (gamma * (T + 1)) + gamma * L * sigma2 / 2.0
+          + 4.0 * gamma ** 2 * L ** 2 * sigma2 * (1.0 - delta) / delta ** 2)
+
+
+def ef_signsgd_step_size(T: int, *, f0: float | None = None, L: float | None = None,
+                         sigma2: float | None = None, delta: float = 1.0) -> float:
+  """EF-SignSGD's step size for Karimireddy et al. 2019, Thm II (non-convex).
+
+  Without constants, Remark 4's choice
+
+  .. math::
+    γ = 1/√(T + 1),
+
+  which gives min_t E‖∇f(x_t)‖² ≤ (4f_0 + Lσ²)/(2√(T + 1))
+  + 4L²σ²(1 − δ)/(δ²(T + 1)). With f_0, L and σ², the γ that minimizes
+  Thm II's bound (:func:`ef_signsgd_bound`),
+  A/γ + Bγ + Cγ² with A = 2f_0/(T + 1), B = Lσ²/2, C = 4L²σ²(1 − δ)/δ²: the
+  positive root of 2Cγ³ + Bγ² − A = 0, which for δ = 1 is
+  γ = √(A/B) = 2√(f_0/(Lσ²(T + 1))).
+
+  The theorem is for EF-SGD (Alg. 2, :func:`compopt.ef_sgd`) with any
+  δ-approximate compressor; EF-SignSGD (Alg. 1, :func:`compopt.ef_signsgd`)
+  is scaled sign, δ = min_t φ(p_t) (:func:`sign_density`), 1/d at worst.
+
+  Args:
+    T: last iteration, >= 1 (T + 1 steps).
+    f0: f(x_0) − f* > 0 (give f0, L and sigma2 together, or none).
+    L: smoothness constant, > 0.
+    sigma2: σ² > 0, the bound on E‖g‖².
+    delta: δ ∈ (0, 1] of the compressor (used with the constants).
+
+  Returns:
+    γ > 0.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.ef_signsgd_step_size(99)   # 1/√100
+    0.1
+    >>> theory.ef_signsgd_step_size(3, f0=1.5, L=1.0, sigma2=4.0)  # √(0.75/2)
+    0.6123724356957945
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019, Theorem II and Remark 4.
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "ef_signsgd_step_size"
+  T = checks.check_int(T, "T", owner)
+  given = [x is not None for x in (f0, L, sigma2)]
+  if not any(given):
+    checks.check_delta(delta, owner)
+    return 1.0 / math.sqrt(T + 1)
+  if not all(given):
+    raise ValueError(f"{owner}: give all of `f0`, `L` and `sigma2` (the step that "
+                     f"minimizes Thm II's bound) or none (γ = 1/√(T + 1)); got "
+                     f"f0={f0!r}, L={L!r}, sigma2={sigma2!r}")
+  f0 = _positive(f0, "f0", owner)
+  L = _positive(L, "L", owner)
+  T, sigma2, delta = _ef_args(T, sigma2, delta, owner)
+  A = 2.0 * f0 / (T + 1)
+  B = L * sigma2 / 2.0
+  C = 4.0 * L * L * sigma2 * (1.0 - delta) / delta ** 2
+  hi = math.sqrt(A / B)  # the root with C = 0; 2Cγ³ only lowers it
+  if C == 0.0:
+    return hi
+  lo = 0.0
+  for _ in range(200):  # 2Cγ³ + Bγ² − A is increasing on γ > 0
+    mid = 0.5 * (lo + hi)
+    if (2.0 * C * mid + B) * mid * mid < A:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
+
+
+def ef_signsgd_convex_bound(gamma: float, T: int, r0: float, sigma2: float,
+                            delta: float) -> float:
+  """The right-hand side of EF-SGD's convex rate (Karimireddy et al. 2019, Thm III).
+
+  For Alg. 2 with a δ-approximate compressor, a convex (possibly non-smooth)
+  f, E‖g‖² ≤ σ² and x̄_T = (1/(T + 1)) Σ_{t≤T} x_t:
+
+  .. math::
+    E f(x̄_T) − f* ≤ r_0/(2γ(T + 1)) + γσ² (1/2 + 2√(1 − δ)/δ),
+
+  r_0 = ‖x_0 − x*‖², for any γ > 0. (The statement writes
+  x̄_t = (1/T) Σ_{t=0}^T x_t; the proof averages the T + 1 iterates.)
+
+  Args:
+    gamma: step size γ > 0.
+    T: last iteration, >= 1.
+    r0: ‖x_0 − x*‖² > 0.
+    sigma2: σ² > 0.
+    delta: δ ∈ (0, 1] of the compressor.
+
+  Returns:
+    The bound, a float.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.ef_signsgd_convex_bound(1.0, 2, 11.0, 1.0, 0.75)  # 11/6 + 11/6
+    3.6666666666666665
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019, Theorem III.
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "ef_signsgd_convex_bound"
+  gamma = _positive(gamma, "gamma", owner)
+  r0 = _positive(r0, "r0", owner)
+  T, sigma2, delta = _ef_args(T, sigma2, delta, owner)
+  c = 0.5 + 2.0 * math.sqrt(1.0 - delta) / delta
+  return r0 / (2.0 * gamma * (T + 1)) + gamma * sigma2 * c
+
+
+def ef_signsgd_convex_step_size(T: int, r0: float, sigma2: float,
+                                delta: float) -> float:
+  """EF-SignSGD's step size for Karimireddy et al. 2019, Thm III (convex).
+
+  The γ that minimizes Thm III's bound (:func:`ef_signsgd_convex_bound`),
+  r_0/(2γ(T + 1)) + γσ²c with c = 1/2 + 2√(1 − δ)/δ:
+
+  .. math::
+    γ = √(r_0 / (2(T + 1)σ²c)),
+
+  which makes the bound √(r_0) σ √(1 + 4√(1 − δ)/δ) / √(T + 1). Remark 6
+  states this rate with a further factor 1/2 (and the SGD rate, δ = 1,
+  likewise); minimizing the theorem's bound as stated does not give it.
+
+  Args:
+    T: last iteration, >= 1 (T + 1 steps).
+    r0: ‖x_0 − x*‖² > 0.
+    sigma2: σ² > 0, the bound on E‖g‖².
+    delta: δ ∈ (0, 1] of the compressor (scaled sign: :func:`sign_density`).
+
+  Returns:
+    γ > 0.
+
+  Example:
+    >>> from compopt import theory
+    >>> theory.ef_signsgd_convex_step_size(2, 11.0, 1.0, 0.75)  # c = 11/6
+    1.0
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
+    gradient compression schemes, ICML 2019, Theorem III and Remark 6.
+    https://arxiv.org/abs/1901.09847
+  """
+  owner = "ef_signsgd_convex_step_size"
+  r0 = _positive(r0, "r0", owner)
+  T, sigma2, delta = _ef_args(T, sigma2, delta, owner)
+  c = 0.5 + 2.0 * math.sqrt(1.0 - delta) / delta
+  return math.sqrt(r0 / (2.0 * (T + 1) * sigma2 * c))
