@@ -5,6 +5,18 @@ Every method takes ``scheme=``: :func:`allgather` (default),
 ``compopt._src.schemes`` (repeated in the README) for the bytes each moves
 and which methods stay exact under which scheme.
 
+With one compressor per worker (``compressor=[C_1, ..., C_n]``, e.g. for
+:func:`compopt.diana`), a collective still needs one buffer size on every
+worker: :func:`allgather` and :func:`two_phase` pad each worker's payload to
+the largest, and count the padded bytes on the wire (``payload`` counts
+worker i's own, unpadded message); :func:`allreduce` sums the decoded dense
+vectors and pads nothing, the cheaper route when the payloads differ much;
+:func:`auto` weighs the two with the padded size.
+
+Sums run in float32 for float16, bfloat16 and float32 leaves and in float64
+for float64 leaves (``jax_enable_x64``), whose values then cross the wire as
+64 bits.
+
 Example:
   >>> import compopt
   >>> s = compopt.exchange.auto(compopt.exchange.Network(bandwidth_gbps=10), decode_gbps=300)

@@ -22,6 +22,11 @@ collective. Methods never call a collective themselves: they call
   - compressors with a linear, shared payload (``linear_payload``: identity,
     ``rand_k(shared=True)``), under every scheme but ``two_phase``: the
     payloads themselves are all-reduced and decoded once;
+  - one compressor per worker (``combine.PerWorker``, a method given a list):
+    worker i encodes with its own C_i, chosen by ``lax.switch`` on its axis
+    index; all-gather and two_phase pad every worker's payload to the
+    largest one (one buffer shape for the collective), allreduce sums the
+    decoded vectors (see :func:`_per_worker`);
 
 * applies partial participation (Horváth & Richtárik 2021, §4.2): the
   sampled set S is drawn from a key common to all workers, non-members send
@@ -42,9 +47,10 @@ they match a network interface's counters (up to the transport's framing):
 * all-to-all (pairwise): the n − 1 rows for the others out, n − 1 rows in.
 
 With partial participation the non-members' buffers are zeros of the same
-size, so they cost the same on the wire. ``payload`` counts the bits of this
-worker's own compressed message (its C(x_i), 0 for a non-member), whatever
-the scheme: the per-worker count of the papers. ``axis_name=None``: nothing.
+size, so they cost the same on the wire; so do the padding bytes of
+per-worker compressors. ``payload`` counts the bits of this worker's own
+compressed message (its C(x_i), unpadded, 0 for a non-member), whatever the
+scheme: the per-worker count of the papers. ``axis_name=None``: nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from compopt._src import sampling as sampling_lib
 from compopt._src import schemes
 from compopt._src import wire
 from compopt._src.compressors import base as cbase
+from compopt._src.compressors import combine
 from compopt._src.compressors import tree as ctree
 
 _log = logging.getLogger("compopt")
@@ -193,7 +200,9 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   layer.
 
   Args:
-    compressor: a compopt compressor.
+    compressor: a compopt compressor, or one per worker
+      (``combine.PerWorker``: worker i encodes with its own C_i, see
+      :func:`_per_worker` for what crosses the wire).
     tree: this worker's pytree x_i (floating arrays).
     key: the step key, identical on every worker (uint32[2]).
     axis_name: the worker axis, or None for one worker.
@@ -209,6 +218,12 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   if not isinstance(scheme, schemes.Scheme):
     raise TypeError(f"{owner}: exchange needs a resolved scheme; got {scheme!r}")
   n, _ = axis_info(axis_name, owner)
+  if isinstance(compressor, combine.PerWorker):
+    compressor.check_workers(n, axis_name, owner)
+    if len(compressor.groups) > 1:
+      return _per_worker(compressor, tree, key, axis_name, sampling, scheme, state, owner,
+                         return_own)
+    compressor = compressor.compressors[0]  # the same compressor on every worker
   if axis_name is not None and isinstance(scheme, schemes.TwoPhase):
     return _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
                       return_own)
@@ -400,6 +415,28 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
   sent = _moved((n - 1) * nbytes * 8, _own_payload(member, n * nbytes * 8))
 
   # Phase 2: the owners' chunks to everyone, re-compressed or dense.
+  gathered, sbytes, new_state = _two_phase_back(m, scheme, state, axis_name, n, me, chunk,
+                                                size, server_base, acc, owner)
+  sent = counters.add_bits(sent, _moved((n - 1) * sbytes * 8, 0))  # ring all-gather
+  mean = _unflat(gathered.astype(acc).reshape(-1), leaves, treedef, acc)
+
+  own = None
+  if return_own:
+    if shared:
+      own_dec = jax.vmap(lambda p, k: compressor.decode(p, row_like, key=k))(
+          payload, chunk_keys)
+    else:
+      own_dec = jax.vmap(lambda p: compressor.decode(p, row_like))(payload)
+    own = _unflat(own_dec.reshape(-1), leaves, treedef)
+  return Exchanged(mean, own, sent, new_state)
+
+
+def _two_phase_back(m, scheme, state, axis_name, n, me, chunk, size, server_base, acc,
+                    owner):
+  """Phase 2 of two_phase: the owners' chunks m (c,) to everyone, dense (in
+  ``acc``) or re-compressed by the server compressor (with its error
+  feedback). Returns (gathered (n, c), bytes each owner all-gathered, the
+  scheme's new state)."""
   server = scheme.server_compressor
   new_state = state
   if server is None:
@@ -431,17 +468,183 @@ def _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
     s_all = wire.unpack(lax.all_gather(s_buf, axis_name), s_spec)
     s_keys = jax.vmap(lambda j: jax.random.fold_in(server_base, j))(jnp.arange(n))
     gathered = jax.vmap(lambda p, k: server.decode(p, v_like, key=k))(s_all, s_keys)
-  sent = counters.add_bits(sent, _moved((n - 1) * sbytes * 8, 0))  # ring all-gather
-  mean = _unflat(gathered.astype(acc).reshape(-1), leaves, treedef, acc)
+  return gathered, sbytes, new_state
 
-  own = None
-  if return_own:
-    if shared:
-      own_dec = jax.vmap(lambda p, k: compressor.decode(p, row_like, key=k))(
-          payload, chunk_keys)
-    else:
-      own_dec = jax.vmap(lambda p: compressor.decode(p, row_like))(payload)
-    own = _unflat(own_dec.reshape(-1), leaves, treedef)
+
+# ------------------------------------------------------ per-worker compressors
+
+
+def _payload_spec(compressor, key, x):
+  """(spec, nbytes): the layout :func:`wire.pack` gives ``compressor``'s
+  payload of ``x`` (an array or a list of arrays) and its size in bytes,
+  from shapes alone."""
+  shapes = jax.eval_shape(lambda k, v: compressor.encode(k, v),
+                          jax.ShapeDtypeStruct(key.shape, key.dtype),
+                          jax.tree.map(lambda l: jax.ShapeDtypeStruct(l.shape, l.dtype), x))
+  parts, treedef = jax.tree.flatten(shapes)
+  return (treedef, [(tuple(p.shape), np.dtype(p.dtype)) for p in parts]), wire.nbytes(parts)
+
+
+def _worker_bits(member, i, bits_of_worker) -> jax.Array:
+  """Worker i's own message bits, ``bits_of_worker[i]`` (static ints), as a
+  [hi, lo] pair; 0 for a non-member."""
+  table = np.array([[b >> 32, b & 0xFFFFFFFF] for b in bits_of_worker], np.uint32)
+  own = jnp.asarray(table)[i]
+  return own if member is None else jnp.where(member, own, jnp.zeros_like(own))
+
+
+def _per_worker(pw: combine.PerWorker, tree, key, axis_name, sampling, scheme, state,
+                owner, return_own) -> Exchanged:
+  """The exchange of worker i's C_i(x_i) when the workers' compressors differ.
+
+  Every worker traces the same program, so worker i runs its own encoder as
+  branch ``group(i)`` of a ``lax.switch`` on its axis index, and the
+  collectives need one buffer shape on every worker: each worker's bytes are
+  zero-padded to the largest payload B = max_i B_i. What crosses the wire and
+  what the counters count:
+
+  * ``allgather``: ONE all-gather of the padded uint8[B] buffers, (n − 1)·B
+    bytes each way per worker (a ring forwards the others' buffers); every
+    worker decodes the rows of each compressor's group with that compressor
+    (one ``decode_sum`` per distinct compressor);
+  * ``allreduce``: each worker decodes its own payload (its branch) and the
+    dense vectors are all-reduced, 2(n − 1)/n of the dense bits each way: no
+    padding, the cheaper route when the payloads differ much in size;
+  * ``two_phase``: worker i encodes its n chunks with C_i, each chunk row
+    padded to the largest chunk payload; all-to-all, each owner decodes the
+    rows of each group with its compressor; phase 2 as for one compressor.
+
+  ``payload`` counts worker i's own message, B_i bits unpadded (the bits its
+  own link would carry to a server); up- and downlink count the padded
+  buffers the collectives move.
+  """
+  n, i = axis_info(axis_name, owner)
+  groups = pw.groups
+  group = jnp.asarray(pw.group_of_worker())[i]
+  leaves, treedef = jax.tree.flatten(tree)
+  if isinstance(scheme, schemes.Auto):
+    payload_bytes = max(ctree.tree_wire_bits(c, leaves) for c, _ in groups) / 8
+    dense_bytes = sum(l.size * wide_dtype(l.dtype).itemsize for l in leaves)
+    chosen = scheme.choose(payload_bytes, dense_bytes, n, pw.decode_passes)
+    _log.info("%s: auto picks %s for %d workers with per-worker compressors, largest "
+              "payload %.0f B, dense %.0f B, %s", owner, chosen.name, n, payload_bytes,
+              dense_bytes, scheme.network)
+    scheme = chosen
+  like = _like(leaves)
+  compress_key, sample_key = jax.random.split(key)
+  member, weights = _weights(sampling, sample_key, n, i, owner, _weight_dtype(leaves))
+  if isinstance(scheme, schemes.TwoPhase):
+    return _per_worker_two_phase(pw, leaves, treedef, compress_key, member, weights,
+                                 axis_name, scheme, state, owner, return_own)
+  own_key = worker_key(compress_key, axis_name)
+  specs = [_payload_spec(c, key, leaves) for c, _ in groups]
+  bits = [8 * specs[g][1] for g in pw.group_of_worker()]  # B_i of each worker
+
+  def enc_key(c):  # shared randomness (decode_needs_key): the unfolded key
+    return compress_key if c.decode_needs_key else own_key
+
+  if isinstance(scheme, schemes.AllReduce):
+    def branch(c):
+      def run():
+        k = enc_key(c)
+        payload = c.encode(k, leaves)
+        w = weights[i]
+        contrib = [jnp.where(w > 0, o * w.astype(o.dtype), 0)
+                   for o in c.decode_wide(payload, like, key=k)]
+        return contrib, (c.decode(payload, like, key=k) if return_own else None)
+      return run
+
+    contrib, own = lax.switch(group, [branch(c) for c, _ in groups])
+    mean = _psum_packed(contrib, axis_name)
+    dense_bits = sum(l.size * wide_dtype(l.dtype).itemsize * 8 for l in leaves)
+    sent = _moved(_ring_bits(n, dense_bits), _worker_bits(member, i, bits))
+  else:
+    width = max(nbytes for _, nbytes in specs)  # B = max_i B_i
+
+    def branch(c):
+      def run():
+        k = enc_key(c)
+        payload = c.encode(k, leaves)
+        buf = wire.pack(payload)[0]
+        buf = jnp.pad(buf, (0, width - buf.size))
+        return buf, (c.decode(payload, like, key=k) if return_own else None)
+      return run
+
+    buf, own = lax.switch(group, [branch(c) for c, _ in groups])
+    if member is not None:
+      buf = jnp.where(member, buf, jnp.zeros_like(buf))
+    # (n, B); the barrier as in _allgather
+    gathered = lax.optimization_barrier(lax.all_gather(buf, axis_name))
+    mean = [jnp.zeros(l.shape, wide_dtype(l.dtype)) for l in like]
+    for (c, members), (spec, nbytes) in zip(groups, specs):
+      if not nbytes:
+        continue
+      rows = np.asarray(members)
+      payloads = wire.unpack(gathered[rows][:, :nbytes], spec)
+      part = c.decode_sum(payloads, like, weights[rows],
+                          key=compress_key if c.decode_needs_key else None)
+      mean = [a + b for a, b in zip(mean, part)]
+    sent = _moved((n - 1) * width * 8, _worker_bits(member, i, bits))
+  return Exchanged(treedef.unflatten(mean), treedef.unflatten(own) if return_own else None,
+                   sent, state)
+
+
+def _per_worker_two_phase(pw, leaves, treedef, compress_key, member, weights, axis_name,
+                          scheme, state, owner, return_own):
+  """two_phase with per-worker compressors (see :func:`_per_worker`)."""
+  n, me = axis_info(axis_name, owner)
+  groups = pw.groups
+  worker_base, server_base = jax.random.split(compress_key)
+  size = sum(l.size for l in leaves)
+  dtypes = {np.dtype(l.dtype) for l in leaves}
+  wire_dtype = dtypes.pop() if len(dtypes) == 1 else _weight_dtype(leaves)
+  acc = wide_dtype(wire_dtype)
+  if size > cbase.MAX_LEAF_SIZE:
+    raise ValueError(
+        f"{owner}: two_phase flattens the update into one vector of D = {size} "
+        f"coordinates; at most 2**31 - 1 = {cbase.MAX_LEAF_SIZE} are supported "
+        "(positions are int32). Use another exchange scheme for this model.")
+  chunk = schemes.chunk_size(size, n)
+  rows = _flat(leaves, wire_dtype, n * chunk).reshape(n, chunk)
+  row_like = jax.ShapeDtypeStruct((chunk,), wire_dtype)
+  own_base = worker_key(worker_base, axis_name)
+  specs = [_payload_spec(c, worker_base, row_like) for c, _ in groups]
+  width = max(nbytes for _, nbytes in specs)
+
+  def branch(c):
+    def run():
+      base_key = worker_base if c.decode_needs_key else own_base
+      keys = [jax.random.fold_in(base_key, j) for j in range(n)]
+      payloads = [c.encode(keys[j], rows[j]) for j in range(n)]
+      buf = jnp.stack([wire.pack(p)[0] for p in payloads])
+      buf = jnp.pad(buf, ((0, 0), (0, width - buf.shape[1])))
+      own = None
+      if return_own:
+        own = jnp.concatenate([c.decode(p, row_like, key=k) for p, k in zip(payloads, keys)])
+      return buf, own
+    return run
+
+  buf, own_flat = lax.switch(jnp.asarray(pw.group_of_worker())[me],
+                             [branch(c) for c, _ in groups])
+  if member is not None:
+    buf = jnp.where(member, buf, jnp.zeros_like(buf))
+  # row i: worker i's chunk `me`, padded (the barrier as in _allgather)
+  received = lax.optimization_barrier(lax.all_to_all(buf, axis_name, 0, 0))
+  my_key = jax.random.fold_in(worker_base, me)
+  m = jnp.zeros((chunk,), acc)
+  for (c, members), (spec, nbytes) in zip(groups, specs):
+    if not nbytes:
+      continue
+    idx = np.asarray(members)
+    m = m + c.decode_sum(wire.unpack(received[idx][:, :nbytes], spec), row_like,
+                         weights[idx], key=my_key if c.decode_needs_key else None)
+  bits = [8 * n * specs[g][1] for g in pw.group_of_worker()]  # n chunk payloads
+  sent = _moved((n - 1) * width * 8, _worker_bits(member, me, bits))
+  gathered, sbytes, new_state = _two_phase_back(m, scheme, state, axis_name, n, me, chunk,
+                                                size, server_base, acc, owner)
+  sent = counters.add_bits(sent, _moved((n - 1) * sbytes * 8, 0))
+  mean = _unflat(gathered.astype(acc).reshape(-1), leaves, treedef, acc)
+  own = _unflat(own_flat, leaves, treedef) if return_own else None
   return Exchanged(mean, own, sent, new_state)
 
 

@@ -41,12 +41,15 @@ def compressed_mean(
     sampling } S:\quad \Delta = \sum_{i \in S} \frac{\mathcal{C}(u_i)}{n p_i}.
 
   The payload of C(u_i), not a dense copy, is what crosses the wire (see
-  ``compopt.exchange``). Every worker gets the same Δ. Per-worker randomness
+  ``compopt.exchange``). Every worker gets the same Δ. With a list of
+  compressors, worker i uses its own C_i; the all-gather then pads every
+  worker's payload to the largest one (see :func:`compopt.shifted_compression`
+  for what crosses the wire and what the bits count). Per-worker randomness
   comes from ``fold_in(step_key, axis_index)``; the sampled set S from the
   step key itself, so all workers agree on it.
 
   Args:
-    compressor: a compopt compressor.
+    compressor: a compopt compressor, or a list with one per worker.
     axis_name: the worker axis (``None``: one worker, no collective).
     sampling: partial participation: ``None`` (all workers), a
       ``compopt.sampling`` object, or probabilities p_i (a number or a
@@ -78,8 +81,15 @@ def compressed_mean(
 
 def _compressed_mean(compressor, *, axis_name, sampling, key, scheme, owner):
   """:func:`compressed_mean`, reporting errors as ``owner``."""
-  cbase.check_compressor(compressor, owner)
   checks.check_axis_name(axis_name, owner)
+  if isinstance(compressor, (list, tuple)):  # C_i, one per worker
+    compressor = combine.per_worker(compressor, owner)
+    if axis_name is None and len(compressor.compressors) != 1:
+      raise ValueError(
+          f"{owner}: `compressor` lists {len(compressor.compressors)} entries, one per "
+          "worker, but axis_name=None means one worker; pass the worker axis as axis_name")
+  else:
+    cbase.check_compressor(compressor, owner)
   checks.check_key(key, owner, seed=True)
   sampling = sampling_lib.resolve(sampling, owner)
   scheme = schemes.resolve(scheme, owner)
@@ -140,7 +150,8 @@ def dcsgd(
 
   Args:
     learning_rate: η, a float or an optax schedule.
-    compressor: C, any compopt compressor.
+    compressor: C, any compopt compressor, or a list with one C_i per worker
+      (see :func:`compressed_mean`).
     axis_name: the worker axis (``None``: one worker).
     sampling: partial participation (see :func:`compressed_mean`).
     momentum: optional heavy-ball momentum on the aggregate.
