@@ -61,7 +61,8 @@ def test_psgd_is_the_float64_mean():
   assert up == down == [2 * (N - 1) * 64 * D // N] * N
 
 
-@pytest.mark.parametrize("scheme", ["allgather", "allreduce"])
+@pytest.mark.parametrize("scheme", ["allgather",
+                                    pytest.param("allreduce", marks=pytest.mark.slow)])
 def test_dcsgd_top_k_is_the_float64_mean_of_the_top_k(scheme):
   g, k = _grads(2), 3
   xs, states = run_workers(compopt.dcsgd(GAMMA, compressor=C.top_k(k), axis_name=AXIS,
@@ -104,6 +105,7 @@ def test_dcsgd_rand_k_scales_each_kept_value_in_float64():
   assert payload == [k * (64 + 8)] * N
 
 
+@pytest.mark.slow
 def test_dcsgd_shared_rand_k_sums_float64_payloads():
   k = 5
   g = _grads(4)
@@ -136,6 +138,7 @@ def test_ef_sgd_top_k_matches_numpy():
     _close(xs[t], x)
 
 
+@pytest.mark.slow
 def test_diana_top_k_shift_identity_q_matches_numpy_eq10():
   # eq. 10 with C_i = top_k(2) and Q = identity: c_i + m_i = g_i − h_i.
   g, alpha = _grads(6), 0.3
@@ -184,7 +187,8 @@ def test_diana_rand_k_matches_numpy_eq11():
   assert up == [(N - 1) * k * (64 + 8)] * N
 
 
-@pytest.mark.parametrize("comp", [C.identity(), C.top_k(3)], ids=["identity", "top_k"])
+@pytest.mark.parametrize("comp", [pytest.param(C.identity(), marks=pytest.mark.slow),
+                                  C.top_k(3)], ids=["identity", "top_k"])
 def test_partial_participation_weights_are_float64(comp):
   # §4.2: Δ = Σ_{i∈S} C(g_i)/(n p_i), with 1/(n p_i) in float64 (p_i = 0.3 is
   # not a float32 number). S is read off the per-step payload counters.

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from compopt._src import checks
 from compopt._src import comm
@@ -22,6 +23,7 @@ from compopt._src.compressors import tree as ctree
 from compopt._src.methods import guard
 
 SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
+INITIAL_SHIFTS = ("zero", "first_gradient", "given")
 
 
 def _like(updates):
@@ -55,6 +57,8 @@ class ShiftedCompressionState(NamedTuple):
   mean_shift: optax.Updates  # h = mean_i h_i, identical on every worker
   bits: counters.CommBits
   scheme_state: Any  # the exchange scheme's state
+  # whether h_i^0 and h^0 were set (bool, all workers agree); None when h_i^0 = 0
+  started: jax.Array | None = None
 
 
 def shifted_compression(
@@ -63,7 +67,8 @@ def shifted_compression(
     shift: str = "diana",
     shift_compressor=None,
     alpha: float | None = None,
-    p: float | None = None,
+    p=None,
+    initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=None,
@@ -73,7 +78,7 @@ def shifted_compression(
 
   Shulgin & Richtárik 2022, Alg. 1.
 
-  Each worker sends m_i = Q(g_i − h_i); every worker gets the same estimator
+  Each worker sends m_i = Q_i(g_i − h_i); every worker gets the same estimator
 
   .. math::
 
@@ -88,28 +93,64 @@ def shifted_compression(
     optimal local gradients, passed as ``optimal_shift=`` (mean
     ``mean_optimal_shift=``, zero by default since Σ_i ∇f_i(x*) = 0). The
     C_i part must reach the server, so worker i sends
-    C_i(g_i − h*_i) + Q(g_i − h_i): the induced compressor of
+    C_i(g_i − h*_i) + Q_i(g_i − h_i): the induced compressor of
     ``shift_compressor`` and ``compressor`` applied to g_i − h*_i.
   * ``"diana"`` (eq. 10, eq. 11 without C_i): with c_i = C_i(g_i − h_i) and
-    m_i = Q(g_i − h_i − c_i), worker i sends c_i + m_i (the induced compressor,
-    Shulgin & Richtárik 2022, footnote 1; just m_i = Q(g_i − h_i) when
-    C_i ≡ 0), the estimator is g = h + mean_i(c_i + m_i), and
+    m_i = Q_i(g_i − h_i − c_i), worker i sends c_i + m_i (the induced
+    compressor, Shulgin & Richtárik 2022, footnote 1; just m_i = Q_i(g_i − h_i)
+    when C_i ≡ 0), the estimator is g = h + mean_i(c_i + m_i), and
     h_i ← h_i + α(c_i + m_i), h ← h + α mean_i(c_i + m_i): no traffic beyond
     the messages.
-  * ``"rand_diana"`` (eq. 12): h_i = ∇f_i(w_i), where with probability p the
+  * ``"rand_diana"`` (eq. 12): h_i = ∇f_i(w_i), where with probability p_i the
     reference point w_i moves to the current x, i.e. h_i ← g_i (the gradient
     just computed). The refreshing workers send g_i − h_i uncompressed (counted
     in the bits) so that h stays the mean on every worker. The refreshing set
     is drawn from the shared key; each worker joins it independently.
 
+  Per-worker compressors (Alg. 1's Q_1, ..., Q_n; Thms 2-4 allow each its own
+  ω_i, δ_i and p_i, so that a worker on a slow link can compress more):
+  ``compressor``, ``shift_compressor`` and ``p`` also take a list with one
+  entry per worker of the axis (checked at the first update). Every worker
+  runs the same program and picks its own entry by its axis index. On the
+  wire: the collectives need one buffer size on every worker, so with
+  ``"allgather"`` (and ``two_phase``) each worker's payload is zero-padded to
+  the largest one, B = max_i B_i, and the up- and downlink count the padded
+  (n − 1)·B bits a ring all-gather moves; the saving of the more compressed
+  workers shows in ``payload`` (worker i's own B_i bits, what its own link to
+  a server would carry), not on an all-gather. ``"allreduce"`` (each worker
+  decodes its own message, the dense vectors are all-reduced) pads nothing
+  and is the cheaper route when the payloads differ much; ``"auto"`` weighs
+  the two with the padded size.
+
+  Initial shifts (Alg. 1, line 1: h_i^0 on the workers, h^0 = mean_i h_i^0 on
+  the server), for the "diana" and "rand_diana" rules:
+
+  * ``"zero"`` (default): h_i^0 = 0, nothing to send;
+  * ``"first_gradient"``: h_i^0 = ∇f_i(x^0), the gradient of the first
+    update (for Rand-DIANA the reference points start at w_i^0 = x^0, so that
+    h_i = ∇f_i(w_i) holds from the start, eq. 12). The first message is then
+    Q_i(0) = 0 and the first step uses the exact mean gradient;
+  * ``"given"``: h_i^0 from the extra argument ``initial_shift=`` of
+    ``update`` (this worker's tree, shaped like the updates), read on the
+    first update only (pass it to every update).
+
+  Both non-zero starts need h^0 = mean_i h_i^0 once: one dense all-reduce of
+  the shifts (in their dtype) on the first update, counted in the bits like
+  any all-reduce (the HLO holds it in a conditional that runs once).
+
   Args:
-    compressor: Q, an unbiased compressor (class U(ω)).
+    compressor: Q_i, an unbiased compressor (class U(ω)), or a list of them,
+      one per worker.
     shift: the shift rule, one of "fixed", "star", "diana", "rand_diana".
     shift_compressor: C_i, an optional (biased, contractive) compressor for
-      the "star" and "diana" rules.
-    alpha: DIANA's shift step, default 1/(1 + ω(1 − δ)) (Thm 3), from ω of Q
-      and δ of C_i on the update tree.
-    p: Rand-DIANA's refresh probability, default 1/(ω + 1) (Thm 4).
+      the "star" and "diana" rules, or a list of them, one per worker.
+    alpha: DIANA's shift step in (0, 1], default
+      min_i 1/(1 + ω_i(1 − δ_i)) (Thm 3's bound for every i), from ω_i of Q_i
+      and δ_i of C_i on the update tree.
+    p: Rand-DIANA's refresh probability p_i in (0, 1] (one for every worker,
+      or a list of n), default p_i = 1/(ω_i + 1) (Thm 4's choice, per
+      worker; Thm 4's rate then depends on min_i p_i = 1/(max_i ω_i + 1)).
+    initial_shift: h_i^0: "zero", "first_gradient" or "given" (above).
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of h_i and h; ``None`` (default): the wider of
@@ -124,41 +165,109 @@ def shifted_compression(
     An ``optax.GradientTransformationExtraArgs``; its output is g (chain it
     with ``optax.scale_by_learning_rate``).
 
+  Example:
+    >>> import compopt, jax, jax.numpy as jnp
+    >>> C = compopt.compressors
+    >>> tx = compopt.shifted_compression([C.identity(), C.rand_k(1)], axis_name="w")
+    >>> g = jnp.array([[1., 2.], [3., 4.]])  # two workers
+    >>> state = jax.vmap(lambda _: tx.init(jnp.zeros(2)))(jnp.arange(2))
+    >>> out, state = jax.vmap(tx.update, axis_name="w")(g, state)
+    >>> out.shape
+    (2, 2)
+
   References:
     Shulgin, Richtárik. Shifted compression framework: generalizations and
     improvements, UAI 2022. https://arxiv.org/abs/2206.10452
   """
   return _shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
-                              alpha=alpha, p=p, axis_name=axis_name, key=key,
-                              shift_dtype=shift_dtype, scheme=scheme,
-                              owner="shifted_compression")
+                              alpha=alpha, p=p, initial_shift=initial_shift,
+                              axis_name=axis_name, key=key, shift_dtype=shift_dtype,
+                              scheme=scheme, owner="shifted_compression")
 
 
-def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_name,
-                         key, shift_dtype, scheme, owner):
+def _listed(value) -> bool:
+  return isinstance(value, (list, tuple))
+
+
+def _check_lists(lists: dict, axis_name, owner):
+  """Lists given for several arguments have one length; without a worker
+  axis (one worker) that length is 1."""
+  lengths = {name: len(v) for name, v in lists.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(
+        f"{owner}: the per-worker lists must have one entry per worker each; got "
+        + ", ".join(f"`{k}` with {v}" for k, v in lengths.items()))
+  if axis_name is None and any(v != 1 for v in lengths.values()):
+    name, length = next(iter(lengths.items()))
+    raise ValueError(
+        f"{owner}: `{name}` lists {length} entries, one per worker, but axis_name=None "
+        "means one worker; pass the worker axis as axis_name")
+
+
+def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, initial_shift,
+                         axis_name, key, shift_dtype, scheme, owner):
   """:func:`shifted_compression`, reporting errors as ``owner`` (its aliases)."""
-  cbase.check_compressor(compressor, owner)
   checks.check_axis_name(axis_name, owner)
   checks.check_key(key, owner, seed=True)
   if shift not in SHIFT_RULES:
     raise ValueError(f"{owner}: `shift` must be one of {SHIFT_RULES}; got {shift!r}")
-  if shift_compressor is not None:
-    cbase.check_compressor(shift_compressor, owner, "shift_compressor")
-    if shift not in ("star", "diana"):
-      raise ValueError(
-          f"{owner}: `shift_compressor` is used by the 'star' and 'diana' rules "
-          f"only; got shift={shift!r}")
+  # Q_i and C_i: one for all workers, or one per worker (a list).
+  if _listed(compressor):
+    qs = combine.per_worker(compressor, owner, "compressor").compressors
+    for i, q in enumerate(qs):
+      if not q.unbiased:
+        raise ValueError(
+            f"{owner}: `compressor[{i}]` must be unbiased (class U(ω)) for shifted "
+            f"compression (Shulgin & Richtárik 2022, Alg. 1); {q.name} has no ω. Put a "
+            "biased compressor in `shift_compressor` instead")
+  else:
+    qs = (cbase.check_compressor(compressor, owner),)
+  if shift_compressor is None:
+    cs = (None,)
+  elif _listed(shift_compressor):
+    cs = combine.per_worker(shift_compressor, owner, "shift_compressor").compressors
+  else:
+    cs = (cbase.check_compressor(shift_compressor, owner, "shift_compressor"),)
+  if shift_compressor is not None and shift not in ("star", "diana"):
+    raise ValueError(
+        f"{owner}: `shift_compressor` is used by the 'star' and 'diana' rules "
+        f"only; got shift={shift!r}")
   alpha = _check_fraction_or_none(alpha, "alpha", owner)
-  p = _check_fraction_or_none(p, "p", owner)
+  if _listed(p):
+    if not p:
+      raise ValueError(f"{owner}: `p` must be a number in (0, 1] or a non-empty list "
+                       "of them, one per worker; got []")
+    p = tuple(checks.check_fraction(q, f"p[{i}]", owner) for i, q in enumerate(p))
+  else:
+    p = _check_fraction_or_none(p, "p", owner)
   shift_dtype = checks.resolve_dtype(shift_dtype, "shift_dtype", owner)
   scheme = schemes.resolve(scheme, owner, exact=True)
   if alpha is not None and shift != "diana":
     raise ValueError(f"{owner}: `alpha` is DIANA's step; got shift={shift!r}")
   if p is not None and shift != "rand_diana":
     raise ValueError(f"{owner}: `p` is Rand-DIANA's probability; got shift={shift!r}")
-  # What worker i sends for g_i − h_i: Q, or C_i + Q(· − C_i) (footnote 1).
-  message = (compressor if shift_compressor is None
-             else combine.induced(shift_compressor, compressor))
+  if initial_shift not in INITIAL_SHIFTS:
+    raise ValueError(
+        f"{owner}: `initial_shift` must be one of {INITIAL_SHIFTS}; got {initial_shift!r}")
+  if initial_shift != "zero" and shift not in ("diana", "rand_diana"):
+    raise ValueError(
+        f"{owner}: `initial_shift` starts the learnt shifts of the 'diana' and "
+        f"'rand_diana' rules; shift={shift!r} takes h_i from update's extra arguments")
+  lists = {name: v for name, v in (("compressor", compressor),
+                                   ("shift_compressor", shift_compressor), ("p", p))
+           if _listed(v)}
+  _check_lists(lists, axis_name, owner)
+  width = max([len(v) for v in lists.values()], default=1)
+  qs = qs * width if len(qs) == 1 else qs
+  cs = cs * width if len(cs) == 1 else cs
+  # What worker i sends for g_i − h_i: Q_i, or C_i + Q_i(· − C_i) (footnote 1).
+  messages = tuple(q if c is None else combine.induced(c, q) for q, c in zip(qs, cs))
+  if _listed(compressor) or _listed(shift_compressor):  # one per worker
+    message = combine.PerWorker(messages, name="compressor" if _listed(compressor)
+                                else "shift_compressor")
+  else:
+    message = messages[0]
+  learns = initial_shift != "zero"
 
   def dtype_of(leaf):
     """The dtype of the shifts of ``leaf``: shift_dtype, or float32 (float64
@@ -171,26 +280,51 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
   def init_fn(params):
     return ShiftedCompressionState(
         key=checks.prng_key(key, owner), shift=zeros(params), mean_shift=zeros(params),
-        bits=counters.zero_bits(), scheme_state=scheme.init(params))
+        bits=counters.zero_bits(), scheme_state=scheme.init(params),
+        started=jnp.zeros((), jnp.bool_) if learns else None)
 
   def extra_tree(extra_args, name, updates, default_zero):
     value = extra_args.get(name)
     if value is None:
       if not default_zero:
+        rule = (f"initial_shift={initial_shift!r}" if name == "initial_shift"
+                else f"shift={shift!r}")
         raise ValueError(
-            f"{owner}: shift={shift!r} needs the extra argument `{name}=` of "
-            "update (a tree shaped like the updates)")
+            f"{owner}: {rule} needs the extra argument `{name}=` of update (a tree "
+            "shaped like the updates)")
       return zeros(updates)
     checks.check_same_tree(value, updates, owner, name)
     return jax.tree.map(lambda v, u: jnp.asarray(v, dtype_of(u)), value, updates)
 
+  def per_worker_constants(updates):
+    """ω_i of Q_i and δ_i of C_i (0 without C_i) on the update tree, one per
+    worker (one in all without lists)."""
+    known = {}  # id(compressor) -> its constant (a list repeats one object)
+    omegas, deltas = [], []
+    for i, (q, c) in enumerate(zip(qs, cs)):
+      name = f"compressor[{i}]" if _listed(compressor) else "compressor"
+      if id(q) not in known:
+        known[id(q)] = _unbiased_omega(q, updates, owner, name)
+      if c is not None and id(c) not in known:
+        known[id(c)] = ctree.tree_delta(c, _like(updates)) or 0.0
+      omegas.append(known[id(q)])
+      deltas.append(0.0 if c is None else known[id(c)])
+    return omegas, deltas
+
   def update_fn(updates, state, params=None, **extra_args):
     del params
     checks.check_same_tree(updates, state.shift, owner, "shift")
-    omega = _unbiased_omega(compressor, updates, owner)
+    n, _ = comm.axis_info(axis_name, owner)
+    for name, value in lists.items():
+      if len(value) != n:
+        raise ValueError(
+            f"{owner}: `{name}` lists {len(value)} entries, one per worker, but the "
+            f"worker axis {axis_name!r} has {n} workers")
+    omegas, deltas = per_worker_constants(updates)
     next_key, step_key, refresh_key = jax.random.split(state.key, 3)
     g32 = jax.tree.map(lambda g: g.astype(dtype_of(g)), updates)
     shift_i, mean_shift = state.shift, state.mean_shift
+    sent = counters.zero_bits()
     if shift == "fixed":
       shift_i = extra_tree(extra_args, "shift", updates, default_zero=True)
       mean_shift = extra_tree(extra_args, "mean_shift", updates,
@@ -198,27 +332,49 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
     elif shift == "star":
       shift_i = extra_tree(extra_args, "optimal_shift", updates, default_zero=False)
       mean_shift = extra_tree(extra_args, "mean_optimal_shift", updates, default_zero=True)
+    elif learns:
+      # Alg. 1 line 1-2: h_i^0 on the first update, h^0 = mean_i h_i^0.
+      first = jnp.logical_not(state.started)  # the same on every worker
+      h0 = (g32 if initial_shift == "first_gradient"
+            else extra_tree(extra_args, "initial_shift", updates, default_zero=False))
+      shift_i = jax.tree.map(lambda a, b: jnp.where(first, a, b), h0, shift_i)
+
+      def dense_mean():  # one dense all-reduce, on the first update only
+        out = comm.exchange(combine.identity(), h0, step_key, axis_name,
+                            scheme=schemes.AllGather(), state=None, owner=owner)
+        return jax.tree.map(lambda m, h: m.astype(h.dtype), out.mean, mean_shift), out.sent
+
+      # Both branches return values that are the same on every worker (no
+      # per-worker state passes through the cond); the choice is made after.
+      h0_mean, sent = lax.cond(first, dense_mean,
+                               lambda: (zeros(mean_shift), counters.zero_bits()))
+      mean_shift = jax.tree.map(lambda a, b: jnp.where(first, a, b), h0_mean, mean_shift)
     # m_i: the message for g_i − h_i (Alg. 1 line 7), sent in the update dtype.
     diff = jax.tree.map(lambda g, h, u: (g - h).astype(u.dtype), g32, shift_i, updates)
     out = comm.exchange(message, diff, step_key, axis_name, scheme=scheme,
                         state=state.scheme_state, owner=owner, return_own=True)
-    mean_m, own_m, sent = out.mean, out.own, out.sent
+    mean_m, own_m = out.mean, out.own
+    sent = counters.add_bits(sent, out.sent)
     # g = h + m   (Alg. 1 lines 11-12)
     estimate = jax.tree.map(lambda h, m: h + m.astype(h.dtype), mean_shift, mean_m)
     new_shift, new_mean = state.shift, state.mean_shift
     if shift == "diana":
-      delta = (0.0 if shift_compressor is None
-               else ctree.tree_delta(shift_compressor, _like(updates)) or 0.0)
-      a = alpha if alpha is not None else theory.diana_alpha(omega, delta)
+      # α ≤ 1/(1 + ω_i(1 − δ_i)) for every i (Thm 3): the smallest bound
+      a = alpha if alpha is not None else min(
+          theory.diana_alpha(o, d) for o, d in zip(omegas, deltas))
       # h_i ← h_i + α(c_i + m_i);  h ← h + α mean_i(c_i + m_i)   (eq. 10)
       new_shift = jax.tree.map(lambda h, m: h + a * m.astype(h.dtype), shift_i, own_m)
       new_mean = jax.tree.map(lambda h, m: h + a * m.astype(h.dtype), mean_shift, mean_m)
     elif shift == "rand_diana":
-      prob = p if p is not None else theory.rand_diana_p(omega)
+      if p is None:  # p_i = 1/(ω_i + 1) (Thm 4's choice, per worker)
+        probs = [theory.rand_diana_p(o) for o in omegas]
+      else:
+        probs = list(p) if _listed(p) else [p]
+      probs = probs * n if len(probs) == 1 else probs
       refresh = jax.tree.map(lambda g, h: g - h, g32, shift_i)  # ∇f_i(x^k) − h_i
       mean_r, own_r, sent_r, _ = comm.member_mean(
-          refresh, refresh_key, axis_name, sampling_lib.independent(prob), owner=owner)
-      # w_i ← x^k with probability p:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
+          refresh, refresh_key, axis_name, sampling_lib.independent(probs), owner=owner)
+      # w_i ← x^k with probability p_i:  h_i ← ∇f_i(x^k);  h ← h + mean_i (new − old)
       # where, not h + (g − h): the refreshed shift is g_i exactly.
       new_shift = jax.tree.map(lambda h, g, r: jnp.where(r != 0, g, h), shift_i, g32, own_r)
       new_mean = jax.tree.map(lambda h, r: h + r.astype(h.dtype), mean_shift, mean_r)
@@ -226,7 +382,8 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, axis_
     g = jax.tree.map(lambda e, u: e.astype(u.dtype), estimate, updates)
     return g, ShiftedCompressionState(
         key=next_key, shift=new_shift, mean_shift=new_mean,
-        bits=counters.add_bits(state.bits, sent), scheme_state=out.state)
+        bits=counters.add_bits(state.bits, sent), scheme_state=out.state,
+        started=jnp.ones((), jnp.bool_) if learns else None)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -238,7 +395,8 @@ def dcgd_shift(
     shift: str = "diana",
     shift_compressor=None,
     alpha: float | None = None,
-    p: float | None = None,
+    p=None,
+    initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=None,
@@ -261,11 +419,15 @@ def dcgd_shift(
 
   Args:
     learning_rate: γ, a float or an optax schedule.
-    compressor: Q, unbiased.
+    compressor: Q_i, unbiased, or a list of them, one per worker (see
+      :func:`shifted_compression` for what crosses the wire).
     shift: the shift rule.
-    shift_compressor: C_i for "star" and "diana" (optional, contractive).
-    alpha: DIANA's α (default 1/(1 + ω(1 − δ))).
-    p: Rand-DIANA's p (default 1/(ω + 1)).
+    shift_compressor: C_i for "star" and "diana" (optional, contractive), or
+      a list of them, one per worker.
+    alpha: DIANA's α (default min_i 1/(1 + ω_i(1 − δ_i))).
+    p: Rand-DIANA's p_i, one number or a list of n (default 1/(ω_i + 1)).
+    initial_shift: h_i^0 for "diana" and "rand_diana": "zero" (default),
+      "first_gradient" or "given" (see :func:`shifted_compression`).
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
@@ -296,18 +458,20 @@ def dcgd_shift(
   """
   return _dcgd_shift(learning_rate, compressor=compressor, shift=shift,
                      shift_compressor=shift_compressor, alpha=alpha, p=p,
-                     axis_name=axis_name, key=key, shift_dtype=shift_dtype, scheme=scheme,
-                     skip_nonfinite=skip_nonfinite, owner="dcgd_shift")
+                     initial_shift=initial_shift, axis_name=axis_name, key=key,
+                     shift_dtype=shift_dtype, scheme=scheme, skip_nonfinite=skip_nonfinite,
+                     owner="dcgd_shift")
 
 
 def _dcgd_shift(learning_rate, *, compressor, shift, shift_compressor, alpha, p,
-                axis_name, key, shift_dtype, scheme, skip_nonfinite, owner):
+                initial_shift, axis_name, key, shift_dtype, scheme, skip_nonfinite, owner):
   """:func:`dcgd_shift`, reporting errors as ``owner`` (its aliases)."""
   checks.check_learning_rate(learning_rate, owner)
   return guard.chain(
       _shifted_compression(compressor, shift=shift, shift_compressor=shift_compressor,
-                           alpha=alpha, p=p, axis_name=axis_name, key=key,
-                           shift_dtype=shift_dtype, scheme=scheme, owner=owner),
+                           alpha=alpha, p=p, initial_shift=initial_shift,
+                           axis_name=axis_name, key=key, shift_dtype=shift_dtype,
+                           scheme=scheme, owner=owner),
       optax.scale_by_learning_rate(learning_rate),
       axis_name=axis_name, skip_nonfinite=skip_nonfinite, owner=owner)
 
@@ -318,6 +482,7 @@ def diana(
     compressor,
     shift_compressor=None,
     alpha: float | None = None,
+    initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=None,
@@ -335,16 +500,23 @@ def diana(
     h \leftarrow h + \alpha\,\tfrac1n\textstyle\sum_i (c_i + m_i).
 
   Without ``shift_compressor`` (C_i ≡ 0) this is the original DIANA (eq. 11).
-  α defaults to 1/(1 + ω(1 − δ)) (Thm 3). The shifts learn ∇f_i(x*), so DIANA
+  α defaults to 1/(1 + ω(1 − δ)) (Thm 3); with per-worker Q_i and C_i (lists)
+  to min_i 1/(1 + ω_i(1 − δ_i)), Thm 3's bound for every worker. The shifts learn ∇f_i(x*), so DIANA
   converges linearly to the exact optimum where DCGD stalls at a
   neighbourhood of size ∝ Σ_i ‖∇f_i(x*)‖² (Thm 1).
 
   Args:
     learning_rate: γ, a float or an optax schedule (Thm 3 bounds it:
       ``compopt.theory.diana_step_size``).
-    compressor: Q, unbiased (U(ω)).
-    shift_compressor: C_i, optional contractive (B(δ)) compressor.
+    compressor: Q_i, unbiased (U(ω_i)): one for all workers, or a list with
+      one per worker (see :func:`shifted_compression` for what crosses the
+      wire).
+    shift_compressor: C_i, optional contractive (B(δ_i)) compressor, or a
+      list with one per worker.
     alpha: the shift step α.
+    initial_shift: h_i^0: "zero" (default), "first_gradient" (∇f_i(x^0),
+      one dense all-reduce for h^0 on the first update) or "given" (the extra
+      argument ``initial_shift=`` of update); see :func:`shifted_compression`.
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
@@ -375,7 +547,7 @@ def diana(
   """
   return _dcgd_shift(learning_rate, compressor=compressor, shift="diana",
                      shift_compressor=shift_compressor, alpha=alpha, p=None,
-                     axis_name=axis_name, key=key, shift_dtype=shift_dtype, scheme=scheme,
+                     initial_shift=initial_shift, axis_name=axis_name, key=key, shift_dtype=shift_dtype, scheme=scheme,
                      skip_nonfinite=skip_nonfinite, owner="diana")
 
 
@@ -383,7 +555,8 @@ def rand_diana(
     learning_rate: optax.ScalarOrSchedule,
     *,
     compressor,
-    p: float | None = None,
+    p=None,
+    initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
     shift_dtype=None,
@@ -394,20 +567,27 @@ def rand_diana(
 
   .. math::
 
-    g = h + \tfrac1n\textstyle\sum_i \mathcal{Q}(g_i - h_i),\quad
+    g = h + \tfrac1n\textstyle\sum_i \mathcal{Q}_i(g_i - h_i),\quad
     x \leftarrow x - \gamma g,\quad
-    h_i \leftarrow \begin{cases} \nabla f_i(x) & \text{w.p. } p\\ h_i &
-    \text{w.p. } 1 - p\end{cases}
+    h_i \leftarrow \begin{cases} \nabla f_i(x) & \text{w.p. } p_i\\ h_i &
+    \text{w.p. } 1 - p_i\end{cases}
 
-  The refreshing workers send their new shift uncompressed (on average p
-  dense vectors per worker and step, counted in the bits). p defaults to
-  1/(ω + 1) (Thm 4's choice, which matches DIANA's complexity).
+  The refreshing workers send their new shift uncompressed (on average p_i
+  dense vectors per worker and step, counted in the bits). p_i defaults to
+  1/(ω_i + 1) (Thm 4's choice, which matches DIANA's complexity).
 
   Args:
     learning_rate: γ, a float or an optax schedule
       (``compopt.theory.rand_diana_step_size``).
-    compressor: Q, unbiased (U(ω)).
-    p: refresh probability in (0, 1].
+    compressor: Q_i, unbiased (U(ω_i)): one for all workers, or a list with
+      one per worker (see :func:`shifted_compression` for what crosses the
+      wire).
+    p: refresh probability p_i in (0, 1], one for all workers or a list with
+      one per worker; default 1/(ω_i + 1).
+    initial_shift: h_i^0: "zero" (default), "first_gradient" (∇f_i(x^0),
+      i.e. the reference points start at w_i^0 = x^0 as eq. 12 reads; one
+      dense all-reduce for h^0 on the first update) or "given" (the extra
+      argument ``initial_shift=`` of update); see :func:`shifted_compression`.
     axis_name: the worker axis (``None``: one worker).
     key: seed or PRNG key; split every step.
     shift_dtype: dtype of the shifts; ``None`` (default): float32, float64
@@ -434,7 +614,8 @@ def rand_diana(
     improvements, UAI 2022 (eq. 12, Thm 4). https://arxiv.org/abs/2206.10452
   """
   return _dcgd_shift(learning_rate, compressor=compressor, shift="rand_diana",
-                     shift_compressor=None, alpha=None, p=p, axis_name=axis_name, key=key,
+                     shift_compressor=None, alpha=None, p=p, initial_shift=initial_shift,
+                     axis_name=axis_name, key=key,
                      shift_dtype=shift_dtype, scheme=scheme, skip_nonfinite=skip_nonfinite,
                      owner="rand_diana")
 
