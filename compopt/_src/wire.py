@@ -72,6 +72,48 @@ def unpack_codes(planes: jnp.ndarray, size: int) -> jnp.ndarray:
   return codes
 
 
+#: Trits (codes 0, 1, 2) per byte of :func:`pack_trits`: 3^5 = 243 <= 256.
+TRITS_PER_BYTE = 5
+
+
+def trit_bytes(size: int) -> int:
+  """Bytes used by :func:`pack_trits` for ``size`` trits: ceil(size / 5)."""
+  return (size + TRITS_PER_BYTE - 1) // TRITS_PER_BYTE
+
+
+def pack_trits(trits: jnp.ndarray) -> jnp.ndarray:
+  """Packs 1-D codes in {0, 1, 2} five per byte, in base 3: 1.6 bits each.
+
+  With m = ceil(size / 5), byte b of the uint8[m] result is
+  t_b + 3 t_{b+m} + 9 t_{b+2m} + 27 t_{b+3m} + 81 t_{b+4m} <= 242, the trits
+  past ``size`` being 0: trit plane i (coordinates i·m .. i·m + m − 1) is
+  digit i of every byte, so that unpacking is five contiguous passes.
+  """
+  size = trits.shape[0]
+  m = trit_bytes(size)
+  t = jnp.pad(trits.astype(jnp.uint8), (0, TRITS_PER_BYTE * m - size)).reshape(
+      TRITS_PER_BYTE, m)
+  out = t[TRITS_PER_BYTE - 1]
+  for i in range(TRITS_PER_BYTE - 2, -1, -1):  # Horner: at most 242, exact in uint8
+    out = out * jnp.uint8(3) + t[i]
+  return out
+
+
+def trit_planes(packed: jnp.ndarray) -> jnp.ndarray:
+  """All 5·m codes of :func:`pack_trits`'s m bytes, padding included (uint8):
+  digit i of every byte, for i = 0..4, one contiguous pass each."""
+  digits, q = [], packed.astype(jnp.uint8)
+  for _ in range(TRITS_PER_BYTE):
+    digits.append(q % jnp.uint8(3))
+    q = q // jnp.uint8(3)
+  return jnp.concatenate(digits)
+
+
+def unpack_trits(packed: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Inverse of :func:`pack_trits`: uint8 codes in {0, 1, 2} of length ``size``."""
+  return trit_planes(packed)[:size]
+
+
 # ------------------------------------------------------------ byte buffers
 
 
