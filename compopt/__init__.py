@@ -11,7 +11,12 @@ from compopt._src.averaging import averaged_params
 from compopt._src.averaging import iterate_average
 from compopt._src.counters import Bits
 from compopt._src.counters import CommBits
+from compopt._src.counters import bits_as_float
 from compopt._src.counters import comm_bits
+from compopt._src.counters import comm_bits_array
+from compopt._src.data_parallel import DataParallel
+from compopt._src.data_parallel import data_parallel
+from compopt._src.hyperparams import inject_hyperparams
 from compopt._src.methods.accumulate import AccumulateState
 from compopt._src.methods.accumulate import accumulate
 from compopt._src.methods.baselines import majority_vote
@@ -58,6 +63,7 @@ __all__ = (
     "CommBits",
     "CompressedMeanState",
     "Compressor",
+    "DataParallel",
     "DoubleSqueezeEstimatorState",
     "EF21EstimatorState",
     "ErrorFeedbackState",
@@ -68,11 +74,14 @@ __all__ = (
     "SkipNonfiniteState",
     "accumulate",
     "averaged_params",
+    "bits_as_float",
     "checkpoint",
     "comm_bits",
+    "comm_bits_array",
     "comp_ams",
     "compressed_mean",
     "compressors",
+    "data_parallel",
     "dcgd_shift",
     "dcsgd",
     "diana",
@@ -85,6 +94,7 @@ __all__ = (
     "error_feedback",
     "exchange",
     "gdci",
+    "inject_hyperparams",
     "iterate_average",
     "majority_vote",
     "neolithic",

@@ -4,6 +4,8 @@ ShapeDtypeStruct, MultiSteps, inject_hyperparams, schedules and chains) and n
 workers (states stacked, the update under a vmap axis). The methods come from
 the one registry in tests/_registry.py."""
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,23 @@ def test_schedule_and_optax_chain(name):
                     _make(name, optax.cosine_decay_schedule(0.1, 10)))
   params, _ = _run(opt)
   chex.assert_tree_all_finite(params)
+
+
+@pytest.mark.parametrize("name", registry.params())
+def test_compopt_inject_hyperparams_needs_no_static_args(name):
+  """compopt.inject_hyperparams finds the static arguments (compressors,
+  samplings, dtypes, structural numbers) itself; the result equals the plain
+  method and the learning rate is a hyperparameter of the state."""
+  factory, kwargs = registry.METHODS[name][0], registry.kwargs(name)
+  injected = compopt.inject_hyperparams(factory)(0.1, error_dtype=jnp.float32, **kwargs) if (
+      "error_dtype" in inspect.signature(factory).parameters) else (
+          compopt.inject_hyperparams(factory)(0.1, **kwargs))
+  p1, s1 = _run(injected)
+  p2, s2 = _run(factory(0.1, **kwargs))
+  chex.assert_trees_all_close(p1, p2, rtol=1e-6, atol=1e-7)
+  assert compopt.comm_bits(s1) == compopt.comm_bits(s2)
+  np.testing.assert_allclose(s1.hyperparams["learning_rate"], 0.1)
+  assert "compressor" not in s1.hyperparams and "error_dtype" not in s1.hyperparams
 
 
 def test_inject_hyperparams_keeps_the_state_dtype():

@@ -64,7 +64,7 @@ def test_matches_the_stacked_mode_and_keeps_params_replicated(name):
   tx = registry.make(name, axis_name=AXIS, n=N)
   params, batch = _problem()
   mesh = jax.make_mesh((N,), (AXIS,))
-  dp = compopt.parallel.data_parallel(_loss, tx, mesh, axis_name=AXIS)
+  dp = compopt.data_parallel(_loss, tx, mesh, axis_name=AXIS)
   p, s = params, dp.init(params)
   payload_bits = 0.0
   for _ in range(3):
@@ -93,7 +93,7 @@ def test_the_compiled_step_moves_the_payload_not_the_dense_gradient():
   loss = lambda p, b: jnp.mean((b @ p["w"] + p["b"]) ** 2)
   compressor = C.top_k(ratio=0.01)
   tx = compopt.ef_sgd(0.1, compressor=compressor, axis_name=AXIS)
-  dp = compopt.parallel.data_parallel(loss, tx, jax.make_mesh((N,), (AXIS,)))
+  dp = compopt.data_parallel(loss, tx, jax.make_mesh((N,), (AXIS,)))
   state = dp.init(params)
   text = dp.lower(params, state, x).compile().as_text()
   per_kind = hlo.collective_bytes(text)
@@ -118,14 +118,14 @@ def test_host_batches_on_either_mesh_kind_and_aux(axis_type):
     return value, {"per_worker_loss": value}
 
   tx = compopt.dcsgd(0.1, compressor=C.rand_k(2), axis_name=AXIS)
-  dp = compopt.parallel.data_parallel(loss_aux, tx, mesh, has_aux=True)
+  dp = compopt.data_parallel(loss_aux, tx, mesh, has_aux=True)
   p, s, m = dp.step(params, dp.init(params), batch)
   assert m["aux"]["per_worker_loss"].shape == (N,)
   np.testing.assert_allclose(float(m["loss"]), float(jnp.mean(m["aux"]["per_worker_loss"])),
                              rtol=1e-6)
   # grad_fn instead of loss_fn gives the same step
   grad_fn = lambda p, b: jax.value_and_grad(_loss)(p, b)
-  dp2 = compopt.parallel.data_parallel(None, tx, mesh, grad_fn=grad_fn)
+  dp2 = compopt.data_parallel(None, tx, mesh, grad_fn=grad_fn)
   p2, _, _ = dp2.step(params, dp2.init(params), batch)
   jax.tree.map(np.testing.assert_array_equal, p, p2)
 
@@ -134,13 +134,13 @@ def test_bad_arguments_name_the_parameter():
   mesh = jax.make_mesh((N,), (AXIS,))
   tx = compopt.psgd(0.1, axis_name=AXIS)
   with pytest.raises(ValueError, match="exactly one of `loss_fn` and `grad_fn`"):
-    compopt.parallel.data_parallel(None, tx, mesh)
+    compopt.data_parallel(None, tx, mesh)
   with pytest.raises(ValueError, match="the mesh has no axis 'batch'"):
-    compopt.parallel.data_parallel(_loss, tx, mesh, axis_name="batch")
+    compopt.data_parallel(_loss, tx, mesh, axis_name="batch")
   with pytest.raises(TypeError, match="`mesh` must be a jax.sharding.Mesh"):
-    compopt.parallel.data_parallel(_loss, tx, "data")
+    compopt.data_parallel(_loss, tx, "data")
   params, batch = _problem()
-  dp = compopt.parallel.data_parallel(_loss, tx, mesh)
+  dp = compopt.data_parallel(_loss, tx, mesh)
   odd = jax.tree.map(lambda x: x[:N + 1], batch)
   with pytest.raises(ValueError, match="divisible by the 8 workers"):
     dp.step(params, dp.init(params), odd)
@@ -179,3 +179,24 @@ def test_a_vmap_with_spmd_axis_name_is_refused_naming_the_route():
     with pytest.raises(ValueError, match="spmd_axis_name.*data_parallel"):
       jax.jit(jax.vmap(step, axis_name=AXIS, spmd_axis_name=AXIS))(p, s, b)
   jax.jit(jax.vmap(step, axis_name=AXIS))(p, s, b)  # plain simulation: fine
+
+
+def test_comm_bits_array_reads_the_counters_inside_jit():
+  tx = compopt.dcsgd(0.1, compressor=C.top_k(2))
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  state = tx.init(params)
+  for t in range(3):
+    _, state = tx.update(jax.tree.map(lambda p: p * (t + 1.0), params), state)
+  exact = compopt.comm_bits(state)
+  pairs = jax.jit(compopt.comm_bits_array)(state)
+  for field in ("uplink", "downlink", "payload"):
+    hi, lo = (int(v) for v in getattr(pairs, field))
+    assert (hi << 32) + lo == getattr(exact, field)
+  assert float(jax.jit(compopt.bits_as_float)(pairs.payload)) == float(exact.payload)
+  # past 2**32 the words combine, to float32's precision
+  big = jnp.array([[3, 2**32 - 5], [0, 7]], jnp.uint32)
+  np.testing.assert_allclose(compopt.bits_as_float(big), [3 * 2.0**32 + 2**32 - 5, 7.0],
+                             rtol=2**-24)
+  from compopt._src import counters  # pylint: disable=import-outside-toplevel
+  diff = counters.sub64(jnp.array([1, 2], jnp.uint32), jnp.array([0, 5], jnp.uint32))
+  assert (int(diff[0]) << 32) + int(diff[1]) == (1 << 32) + 2 - 5

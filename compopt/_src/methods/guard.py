@@ -185,7 +185,7 @@ def check_not_spmd_vmap(axis_name, owner: str) -> None:
         f"spmd_axis_name={sorted(spmd)}: XLA's partitioner then decides what "
         "crosses the wire (dense float32 gradients in practice) while the bit "
         "counters count compressed payloads. Use "
-        "compopt.parallel.data_parallel(loss_fn, tx, mesh) for a jitted step over a "
+        "compopt.data_parallel(loss_fn, tx, mesh) for a jitted step over a "
         "mesh (or compopt.parallel.shard_map), where the method's own collectives "
         "move the payloads; plain jax.vmap(axis_name=...) simulates workers.")
 
