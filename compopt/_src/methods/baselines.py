@@ -37,6 +37,7 @@ def signsgd(
     *,
     axis_name: str | None = None,
     scheme: Any = None,
+    zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""signSGD with majority vote.
@@ -45,9 +46,18 @@ def signsgd(
 
     x \leftarrow x - \gamma\,\mathrm{sign}\Big(\sum_{i=1}^n \mathrm{sign}(g_i)\Big).
 
-  Each worker sends one bit per coordinate (zeros are sent as +1) and a
-  scale that is 1 (0 for an all-zero leaf). Biased; it can fail to converge
-  (Karimireddy et al. 2019, §3); see :func:`ef_signsgd`.
+  Biased; it can fail to converge (Karimireddy et al. 2019, §3); see
+  :func:`ef_signsgd`. Each worker sends sign(g_i) and a float32 scale (1; 0
+  for an all-zero leaf of the 1-bit form; NaN for a non-finite g_i); a tie
+  in the vote gives 0.
+
+  ``zeros`` sets sign(0), what a worker sends for a coordinate whose
+  gradient is exactly 0. The default, ``"keep"``, sends sign(0) = 0 as in the
+  formula above, so that a parameter whose gradient is 0 on every worker (an
+  embedding row not in the batch, a dead unit, a masked weight) does not
+  move; the price is 1.6 bits per coordinate (a base-3 code, five per byte)
+  instead of 1. ``"plus"`` sends one bit, with 0 sent as +1: such a
+  parameter then moves by −γ at every step (−2 after 20 steps at γ = 0.1).
 
   Args:
     learning_rate: γ, a float or an optax schedule.
@@ -55,6 +65,9 @@ def signsgd(
     scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase()``.
+    zeros: ``"keep"`` (default): sign(0) = 0, ceil(d/5) bytes per leaf of d
+      coordinates; ``"plus"``: zeros sent as +1, ceil(d/8) bytes
+      (:func:`compopt.compressors.sign`).
     skip_nonfinite: skip the step on every worker when any worker's input,
       or the update or state the step computed from it, holds inf/NaN,
       leaving the state as it was; after 100 skipped in a row, a non-finite
@@ -67,9 +80,12 @@ def signsgd(
   Example:
     >>> import compopt, jax.numpy as jnp
     >>> opt = compopt.signsgd(0.1)
-    >>> state = opt.init(jnp.zeros(2))
-    >>> opt.update(jnp.array([0.5, -3.]), state)[0]
-    Array([-0.1,  0.1], dtype=float32)
+    >>> state = opt.init(jnp.zeros(3))
+    >>> opt.update(jnp.array([0.5, -3., 0.]), state)[0]
+    Array([-0.1,  0.1, -0. ], dtype=float32)
+    >>> opt = compopt.signsgd(0.1, zeros="plus")
+    >>> opt.update(jnp.array([0.5, -3., 0.]), opt.init(jnp.zeros(3)))[0]
+    Array([-0.1,  0.1, -0.1], dtype=float32)
 
   References:
     Bernstein, Wang, Azizzadenesheli, Anandkumar. signSGD: compressed
@@ -78,8 +94,9 @@ def signsgd(
   """
   owner = "signsgd"
   checks.check_learning_rate(learning_rate, owner)
+  compressor = csign.sign(csign.check_zeros(zeros, owner))
   return guard.chain(
-      dcsgd_lib._compressed_mean(csign.sign(), axis_name=axis_name, sampling=None, key=0,
+      dcsgd_lib._compressed_mean(compressor, axis_name=axis_name, sampling=None, key=0,
                                  scheme=scheme, owner=owner),
       majority_vote(),
       optax.scale_by_learning_rate(learning_rate),
@@ -92,6 +109,7 @@ def signum(
     momentum: float = 0.9,
     axis_name: str | None = None,
     scheme: Any = None,
+    zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Signum: signSGD on each worker's momentum, with majority vote.
@@ -101,6 +119,10 @@ def signum(
     m_i \leftarrow \beta m_i + (1-\beta) g_i, \quad
     x \leftarrow x - \gamma\,\mathrm{sign}\Big(\sum_i \mathrm{sign}(m_i)\Big).
 
+  ``zeros`` sets sign(0), as for :func:`signsgd`: by default (``"keep"``,
+  1.6 bits per coordinate) a parameter whose gradient has always been 0
+  (so m_i = 0) does not move; ``"plus"`` (1 bit) moves it by −γ every step.
+
   Args:
     learning_rate: γ, a float or an optax schedule.
     momentum: β.
@@ -108,6 +130,8 @@ def signum(
     scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase()``.
+    zeros: ``"keep"`` (default): sign(0) = 0, 1.6 bits per coordinate;
+      ``"plus"``: zeros sent as +1, 1 bit (:func:`compopt.compressors.sign`).
     skip_nonfinite: skip the step on every worker when any worker's input,
       or the update or state the step computed from it, holds inf/NaN,
       leaving the state as it was; after 100 skipped in a row, a non-finite
@@ -132,9 +156,10 @@ def signum(
   owner = "signum"
   checks.check_learning_rate(learning_rate, owner)
   checks.check_interval(momentum, "momentum", owner, 0.0, 1.0, high_open=True)
+  compressor = csign.sign(csign.check_zeros(zeros, owner))
   return guard.chain(
       optax.ema(momentum, debias=False),  # m_i on the worker
-      dcsgd_lib._compressed_mean(csign.sign(), axis_name=axis_name, sampling=None, key=0,
+      dcsgd_lib._compressed_mean(compressor, axis_name=axis_name, sampling=None, key=0,
                                  scheme=scheme, owner=owner),
       majority_vote(),
       optax.scale_by_learning_rate(learning_rate),
@@ -147,6 +172,7 @@ def scaled_signsgd(
     axis_name: str | None = None,
     momentum: float | None = None,
     scheme: Any = None,
+    zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scaled signSGD: DCSGD with the layer-wise scaled sign.
@@ -157,6 +183,13 @@ def scaled_signsgd(
 
     x \leftarrow x - \gamma\,\frac1n\sum_i \frac{\|g_i\|_1}{d}\,\mathrm{sign}(g_i).
 
+  ``zeros`` sets sign(0) (:func:`compopt.compressors.scaled_sign`). The
+  default, ``"keep"``, sends sign(0) = 0 as in the formula: a parameter whose
+  gradient is 0 on every worker does not move, for 1.6 bits per coordinate
+  instead of 1. With ``"plus"`` (1 bit, 0 sent as +1) it moves by
+  −γ·mean_i ‖g_i‖₁/d at every step in which the rest of its leaf has a
+  gradient.
+
   Args:
     learning_rate: γ, a float or an optax schedule.
     axis_name: the worker axis (``None``: one worker).
@@ -164,6 +197,9 @@ def scaled_signsgd(
     scheme: how the workers exchange the signs: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase()``.
+    zeros: ``"keep"`` (default): sign(0) = 0, ceil(d/5) bytes per leaf of d
+      coordinates; ``"plus"``: zeros sent as +1, ceil(d/8) bytes. Either way
+      one float32 scale per leaf.
     skip_nonfinite: skip the step on every worker when any worker's input,
       or the update or state the step computed from it, holds inf/NaN,
       leaving the state as it was; after 100 skipped in a row, a non-finite
@@ -184,7 +220,9 @@ def scaled_signsgd(
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
   """
-  return dcsgd_lib._dcsgd(learning_rate, compressor=csign.scaled_sign(),
+  owner = "scaled_signsgd"
+  compressor = csign.scaled_sign(csign.check_zeros(zeros, owner))
+  return dcsgd_lib._dcsgd(learning_rate, compressor=compressor,
                           axis_name=axis_name, sampling=None, momentum=momentum,
                           nesterov=False, key=0, scheme=scheme,
-                          skip_nonfinite=skip_nonfinite, owner="scaled_signsgd")
+                          skip_nonfinite=skip_nonfinite, owner=owner)

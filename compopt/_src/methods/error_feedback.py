@@ -201,6 +201,7 @@ def ef_signsgd(
     key: jax.Array | int = 0,
     error_dtype=jnp.float32,
     scheme: Any = None,
+    zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF-SignSGD: :func:`ef_sgd` with the scaled sign.
@@ -212,8 +213,20 @@ def ef_signsgd(
     p_i = \gamma g_i + e_i, \quad \Delta_i = \frac{\|p_i\|_1}{d}\,\mathrm{sign}(p_i),
     \quad e_i \leftarrow p_i - \Delta_i, \quad x \leftarrow x - \frac1n\sum_i\Delta_i.
 
-  Layer-wise (d = the size of each leaf), as in the paper's experiments: d
-  bits and one 32-bit scale per leaf on the wire.
+  Layer-wise (d = the size of each leaf), as in the paper's experiments: the
+  signs of d coordinates and one 32-bit scale per leaf on the wire.
+
+  ``zeros`` sets sign(0) (:func:`compopt.compressors.scaled_sign`). The
+  default, ``"keep"``, sends sign(0) = 0 as in the formula: a coordinate whose
+  gradient is 0 on every worker keeps p_i = e_i = 0 and its parameter does
+  not move, for 1.6 bits per coordinate (ceil(d/5) bytes) instead of 1. With
+  ``"plus"`` (ceil(d/8) bytes, 0 sent as +1) it receives Δ_i = +‖p_i‖₁/d,
+  which the error feedback takes back later: as x − mean_i e_i does not move
+  for it (Karimireddy et al. 2019, Thm IV), the parameter sits at its start
+  plus mean_i e_i, off by up to a step, back and forth, instead of drifting.
+  The scaled sign with zeros kept still contracts with
+  δ(p) = φ(p)(2 − d_nz/d) ≥ φ(p) = ‖p‖₁²/(d‖p‖²) ≥ 1/d, the paper's
+  constant (Lemma 8).
 
   Args:
     learning_rate: γ, a float or an optax schedule.
@@ -223,6 +236,8 @@ def ef_signsgd(
     scheme: how the workers exchange payloads: ``None`` or ``"allgather"``
       (default), ``"allreduce"``, ``"auto"``, or a :mod:`compopt.exchange`
       scheme such as ``two_phase(server_compressor)``.
+    zeros: ``"keep"`` (default): sign(0) = 0, 1.6 bits per coordinate;
+      ``"plus"``: zeros sent as +1, 1 bit.
     skip_nonfinite: skip the step on every worker when any worker's input,
       or the update or state the step computed from it, holds inf/NaN,
       leaving the state as it was; after 100 skipped in a row, a non-finite
@@ -243,9 +258,11 @@ def ef_signsgd(
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
   """
-  return _ef_sgd(learning_rate, compressor=csign.scaled_sign(), axis_name=axis_name,
+  owner = "ef_signsgd"
+  compressor = csign.scaled_sign(csign.check_zeros(zeros, owner))
+  return _ef_sgd(learning_rate, compressor=compressor, axis_name=axis_name,
                  key=key, error_dtype=error_dtype, scheme=scheme,
-                 skip_nonfinite=skip_nonfinite, owner="ef_signsgd")
+                 skip_nonfinite=skip_nonfinite, owner=owner)
 
 
 @reshard.rules(local=reshard.copy_of("shared"))
