@@ -8,6 +8,7 @@ import pytest
 
 SCRIPTS = [
     ("examples.compress_demo", "main"),
+    ("examples.nnx_mnist", "main"),
     ("examples.launch", "_parser"),
     ("benchmarks.sockets.__main__", "_parser"),
     ("benchmarks.sockets.worker", "main"),

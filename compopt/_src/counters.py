@@ -8,6 +8,7 @@ and :func:`comm_bits` finds and adds up every counter of an optax state.
 
 from __future__ import annotations
 
+import collections.abc
 from typing import Any, NamedTuple
 
 import jax
@@ -120,13 +121,48 @@ def to_int(pair) -> Any:
   return [int(v) for v in values.reshape(-1)]
 
 
+def _unwrap(value):
+  """The array inside a Flax NNX ``Variable`` (``OptArray``, ``OptVariable``),
+  or ``value`` itself."""
+  get = getattr(value, "get_value", None)
+  if callable(get) and not hasattr(value, "shape"):
+    return get()
+  return value
+
+
+def _find_in_mappings(node, cls: type, out: list) -> None:
+  """The ``cls`` nodes of a tree of mappings, such as a Flax ``nnx.State``,
+  which stores a NamedTuple state as a mapping from its field names (fields
+  that are None are left out)."""
+  if isinstance(node, cls):
+    out.append(node)
+    return
+  if isinstance(node, collections.abc.Mapping):
+    keys = set(node.keys())
+    if keys and keys <= set(cls._fields) and len(keys) >= min(2, len(cls._fields)):
+      out.append(cls(**{f: _unwrap(node[f]) if f in node else None for f in cls._fields}))
+      return
+    children = node.values()
+  elif isinstance(node, (tuple, list)):
+    children = node
+  else:
+    return
+  for child in children:
+    _find_in_mappings(child, cls, out)
+
+
 def find(state, cls: type) -> list:
   """Every node of type ``cls`` (a NamedTuple state) anywhere in ``state``,
   inside ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``
-  and the like."""
+  and the like, and in a Flax ``nnx.State`` (``nnx.state(optimizer)``), where
+  it is a mapping of its field names."""
   found = optax.tree_utils.tree_get_all_with_path(
       state, cls.__name__, filtering=lambda _, value: isinstance(value, cls))
-  return [value for _, value in found]
+  if found:
+    return [value for _, value in found]
+  out: list = []
+  _find_in_mappings(state, cls, out)
+  return out
 
 
 def _add64_last(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -1,0 +1,62 @@
+"""Flax NNX: compopt's readers take NNX optimizer state, and the NNX example
+(a model split into graph and params, trained with compopt.data_parallel and
+written back with nnx.update) trains."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import compopt
+from compopt import compressors as C
+
+
+class _Net(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.Linear(3, 4, rngs=rngs)
+    self.b = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.b(jax.nn.tanh(self.a(x)))
+
+
+def test_readers_take_an_nnx_optimizer_state():
+  model = _Net(nnx.Rngs(0))
+  tx = compopt.dcsgd(0.1, compressor=C.top_k(2))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  loss = lambda m: jnp.sum(m(jnp.ones((2, 3))) ** 2)
+  for _ in range(3):
+    optimizer.update(model, nnx.grad(loss)(model))
+  # the same counters through a plain optax state of the same method
+  params = nnx.state(_Net(nnx.Rngs(0)), nnx.Param)
+  plain = tx.init(params)
+  for _ in range(3):
+    _, plain = tx.update(jax.tree.map(jnp.ones_like, params), plain)
+  expected = compopt.comm_bits(plain)  # one worker, no axis: nothing sent
+  for state in (nnx.state(optimizer), optimizer.opt_state):
+    assert compopt.comm_bits(state) == expected
+    assert compopt.skipped_steps(state) == 0
+  # counters with values in them (as a run over a worker axis leaves them),
+  # read through the NNX variables that hold them
+  from compopt._src import counters  # pylint: disable=import-outside-toplevel
+  (bits,) = counters.find(optimizer.opt_state, compopt.CommBits)
+  for word, variable in zip((5, 7, 11), bits):
+    variable.set_value(jnp.array([1, word], jnp.uint32))
+  assert compopt.comm_bits(nnx.state(optimizer)) == compopt.Bits(
+      (1 << 32) + 5, (1 << 32) + 7, (1 << 32) + 11)
+  # a NaN gradient is skipped and counted, read back from the NNX state
+  bad = jax.tree.map(lambda g: g * jnp.nan, nnx.grad(loss)(model))
+  optimizer.update(model, bad)
+  assert compopt.skipped_steps(nnx.state(optimizer)) == 1
+
+
+def test_the_nnx_example_trains():
+  from examples import nnx_mnist  # pylint: disable=import-outside-toplevel
+  result = nnx_mnist.train("digits", steps=40, batch_per_worker=8, ratio=0.05, log_every=40)
+  assert result["workers"] == jax.device_count()
+  assert result["loss"] < 2.0 and result["accuracy"] > 0.5  # from ln 10 = 2.3 and 0.1
+  n_params = 64 * 64 + 64 + 64 * 10 + 10
+  # top-5% values and indices, per worker and step: far below dense float32
+  assert 0 < result["payload_bits"][0] / 40 < 32 * n_params / 5
