@@ -6,6 +6,7 @@ from compopt import exchange
 from compopt import parallel
 from compopt import sampling
 from compopt import theory
+from compopt._version import __version__
 from compopt._src.averaging import IterateAverageState
 from compopt._src.averaging import averaged_params
 from compopt._src.averaging import iterate_average
@@ -55,7 +56,6 @@ from compopt._src.methods.shifted import shifted_compression
 from compopt._src.reshard import reshard_state
 from compopt.compressors import Compressor
 
-__version__ = "0.1.0"
 
 __all__ = (
     "AccumulateState",

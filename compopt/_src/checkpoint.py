@@ -114,8 +114,20 @@ def _readable(path):
   return path  # none: orbax says that it is missing
 
 
+def _orbax(owner: str):
+  """orbax.checkpoint, or an ImportError that names the extra installing it."""
+  try:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        f"compopt.checkpoint.{owner} needs orbax-checkpoint, which compopt's "
+        "'checkpoint' extra installs: pip install 'compopt[checkpoint]' (or "
+        "pip install orbax-checkpoint)") from e
+  return ocp
+
+
 def _orbax_save(path, tree):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ocp = _orbax("save")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, tree)
     ckptr.wait_until_finished()
@@ -174,7 +186,7 @@ def restore(directory, like):
   Raises:
     FileNotFoundError: no checkpoint at ``directory``.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ocp = _orbax("restore")
 
   def abstract(x):
     if isinstance(x, jax.ShapeDtypeStruct):
