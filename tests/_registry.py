@@ -27,10 +27,16 @@ METHODS = {
         compressor=C.induced(C.top_k(1), C.rand_k_wangni(1)), sampling=[0.5] * n,
         momentum=0.9)),
     "ef_sgd": (compopt.ef_sgd, lambda n: dict(compressor=C.top_k(2), key=1)),
+    # The sign methods in both wire forms: sign(0) = 0 in base-3 codes (the
+    # default) and zeros sent as +1 in one bit.
     "ef_signsgd": (compopt.ef_signsgd, lambda n: dict()),
+    "ef_signsgd_plus": (compopt.ef_signsgd, lambda n: dict(zeros="plus")),
     "signsgd": (compopt.signsgd, lambda n: dict()),
+    "signsgd_plus": (compopt.signsgd, lambda n: dict(zeros="plus")),
     "signum": (compopt.signum, lambda n: dict(momentum=0.9)),
+    "signum_plus": (compopt.signum, lambda n: dict(momentum=0.9, zeros="plus")),
     "scaled_signsgd": (compopt.scaled_signsgd, lambda n: dict()),
+    "scaled_signsgd_plus": (compopt.scaled_signsgd, lambda n: dict(zeros="plus")),
     "ef21": (compopt.ef21, lambda n: dict(compressor=C.natural(), key=2)),
     "double_squeeze": (compopt.double_squeeze, lambda n: dict(
         compressor=C.top_k(2), server_compressor=C.qsgd(4))),
@@ -47,6 +53,8 @@ METHODS = {
                                                   b2=0.9375)),
     "comp_ams_optax": (compopt.comp_ams, lambda n: dict(compressor=C.top_k(2), b1=0.75,
                                                         b2=0.9375, optax_amsgrad=True)),
+    "comp_ams_block_sign_keep": (compopt.comp_ams, lambda n: dict(
+        compressor=C.block_sign(3, zeros="keep"), b1=0.75, b2=0.9375)),
     "neolithic": (compopt.neolithic, lambda n: dict(
         compressor=C.scaled(C.rand_k(1), 0.2), rounds=2, server_compressor=C.top_k(2))),
 }
