@@ -53,6 +53,7 @@ from compopt._src.methods.shifted import diana
 from compopt._src.methods.shifted import gdci
 from compopt._src.methods.shifted import rand_diana
 from compopt._src.methods.shifted import shifted_compression
+from compopt._src.partition import partition_by_size
 from compopt._src.reshard import reshard_state
 from compopt.compressors import Compressor
 
@@ -99,6 +100,7 @@ __all__ = (
     "majority_vote",
     "neolithic",
     "parallel",
+    "partition_by_size",
     "psgd",
     "rand_diana",
     "reshard_state",

@@ -44,6 +44,7 @@ import optax
 from compopt._src import checks
 from compopt._src import comm
 from compopt._src import counters
+from compopt._src import partition
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -310,6 +311,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
     def plain_init(params):
       if axis_name is not None:
         check_not_under_skipping_multisteps(owner)
+        partition.warn_if_masked(params, owner, axis_name)
       return inner.init(params)
 
     def plain_update(updates, state, params=None, **extra_args):
@@ -324,6 +326,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
   def init_fn(params):
     if axis_name is not None:
       check_not_under_skipping_multisteps(owner)
+      partition.warn_if_masked(params, owner, axis_name)
     return tuple(inner.init(params)) + (_new_guard(None),)
 
   def update_fn(updates, state, params=None, **extra_args):
