@@ -193,7 +193,8 @@ def test_hlo_bytes_on_the_wire_for_a_million_parameters():
                                 skip_nonfinite=False),
       "top_k": compopt.ef_sgd(0.1, compressor=C.top_k(ratio=0.01), axis_name=AXIS,
                               skip_nonfinite=False),
-      "scaled_sign": compopt.ef_signsgd(0.1, axis_name=AXIS, skip_nonfinite=False),
+      "scaled_sign": compopt.ef_signsgd(0.1, axis_name=AXIS, skip_nonfinite=False,
+                                        zeros="plus"),  # the 1-bit wire
   }.items():
     c = {"identity": C.identity(), "top_k": C.top_k(ratio=0.01),
          "scaled_sign": C.scaled_sign()}[name]

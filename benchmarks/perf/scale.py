@@ -36,7 +36,7 @@ def methods() -> dict:
       "P-SGD": lambda s: compopt.psgd(1e-4, axis_name=AXIS),
       "DCSGD natural": lambda s: compopt.dcsgd(1e-4, compressor=C.natural(), axis_name=AXIS,
                                                scheme=s),
-      "EF-SignSGD": lambda s: compopt.ef_signsgd(1e-4, axis_name=AXIS, scheme=s),
+      "EF-SignSGD": lambda s: compopt.ef_signsgd(1e-4, axis_name=AXIS, scheme=s, zeros="plus"),
       "EF-SGD top_k 1%": lambda s: compopt.ef_sgd(1e-4, compressor=C.top_k(ratio=0.01),
                                                   axis_name=AXIS, scheme=s),
   }

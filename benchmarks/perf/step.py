@@ -53,7 +53,7 @@ def methods(quick: bool = False) -> dict[str, tuple[Callable[[Any], Any], bool]]
       "P-SGD, momentum (compopt.psgd)": (
           lambda s: compopt.psgd(0.1, momentum=0.9, axis_name=AXIS), False),
       "EF-SignSGD (scaled sign)": (
-          lambda s: compopt.ef_signsgd(0.1, axis_name=AXIS, scheme=s), True),
+          lambda s: compopt.ef_signsgd(0.1, axis_name=AXIS, scheme=s, zeros="plus"), True),
       "DCSGD natural, momentum": (
           lambda s: compopt.dcsgd(0.1, compressor=C.natural(), momentum=0.9,
                                   axis_name=AXIS, scheme=s), True),

@@ -133,7 +133,7 @@ METHODS = {
         0.3, compressor=C.top_k(ratio=0.01, block_size=256), axis_name=AXIS, scheme=s),
         C.top_k(ratio=0.01, block_size=256), ("allgather", "allreduce", "two_phase")),
     "ef_signsgd": Method("ef_signsgd", lambda s: compopt.ef_signsgd(
-        0.3, axis_name=AXIS, scheme=s),
+        0.3, axis_name=AXIS, scheme=s, zeros="plus"),  # the 1-bit wire of C.scaled_sign()
         C.scaled_sign(), ("allgather", "allreduce", "two_phase", "two_phase_sign")),
     "comp_ams": Method("comp_ams block_sign", lambda s: compopt.comp_ams(
         1e-3, compressor=C.block_sign(4096), axis_name=AXIS, scheme=s),
