@@ -12,6 +12,7 @@ import optax
 
 from compopt._src import checks
 from compopt._src import counters
+from compopt._src.typing import DTypeArg
 
 
 class IterateAverageState(NamedTuple):
@@ -23,7 +24,7 @@ class IterateAverageState(NamedTuple):
 
 def iterate_average(
     weights: Callable[[jax.Array], jax.Array],
-    average_dtype=jnp.float32,
+    average_dtype: DTypeArg = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keeps the weighted average of the parameters it sees; updates pass through.
 

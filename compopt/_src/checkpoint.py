@@ -42,6 +42,7 @@ system that all processes share, as orbax requires.
 from __future__ import annotations
 
 import os
+from typing import Any
 import shutil
 
 import jax
@@ -133,7 +134,7 @@ def _orbax_save(path, tree):
     ckptr.wait_until_finished()
 
 
-def save(directory, tree, *, force: bool = False) -> None:
+def save(directory: str | os.PathLike, tree: Any, *, force: bool = False) -> None:
   """Writes ``tree`` (params, stacked optimizer states, any pytree of arrays)
   to ``directory`` with orbax, and waits until it is on disk.
 
@@ -168,7 +169,7 @@ def save(directory, tree, *, force: bool = False) -> None:
   _barrier("compopt_checkpoint_save_end")
 
 
-def restore(directory, like):
+def restore(directory: str | os.PathLike, like: Any) -> Any:
   """Reads a checkpoint written by :func:`save`: the new one if a save was
   killed after completing it, else the old one, never a half-written
   temporary directory.
@@ -177,7 +178,7 @@ def restore(directory, like):
     directory: the checkpoint's path.
     like: a tree with the structure, shapes, dtypes and (optional) shardings
       to restore into: concrete arrays (e.g. a freshly initialised, stacked
-      and sharded state) or ``jax.ShapeDtypeStruct``s. NamedTuple states come
+      and sharded state) or ``jax.ShapeDtypeStruct`` leaves. NamedTuple states come
       back as NamedTuples.
 
   Returns:

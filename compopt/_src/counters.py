@@ -180,7 +180,7 @@ def sub64(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.stack([a[..., 0] - b[..., 0] - borrow, lo], axis=-1)
 
 
-def comm_bits_array(state) -> CommBits:
+def comm_bits_array(state: Any) -> CommBits:
   """:func:`comm_bits` for use inside ``jax.jit``: the sum of every
   :class:`CommBits` counter in ``state`` as exact uint32 ``[hi, lo]`` pairs
   (leading worker axes kept), without leaving the device.
@@ -214,7 +214,7 @@ def bits_as_float(pair: jax.Array) -> jax.Array:
       jnp.float32)
 
 
-def comm_bits(state) -> Bits:
+def comm_bits(state: Any) -> Bits:
   """Total bits sent, received and originated, read from anywhere in an optax
   state.
 

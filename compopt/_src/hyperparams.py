@@ -23,6 +23,7 @@ import optax
 from compopt._src import schemes
 from compopt._src import sampling as sampling_lib
 from compopt._src.compressors import base as cbase
+from compopt._src.typing import DTypeArg
 
 #: Numbers that shape the method or are validated when it is built: always
 #: static.
@@ -61,7 +62,7 @@ def _injectable(name: str, value) -> bool:
 
 
 def inject_hyperparams(factory: Callable, *, static_args: str | Iterable[str] = (),
-                       hyperparam_dtype=None) -> Callable:
+                       hyperparam_dtype: DTypeArg = None) -> Callable:
   """``optax.inject_hyperparams(factory)`` with compopt's static arguments
   kept static.
 

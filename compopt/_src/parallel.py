@@ -43,9 +43,9 @@ def _take(x, i):
   return x[i]
 
 
-def stack(tree, n: int):
+def stack(tree: Any, n: int) -> Any:
   """Replicates ``tree`` (params or a per-worker optimizer state) n times on a
-  new leading worker axis: each leaf of shape s becomes (n, *s).
+  new leading worker axis: each leaf of shape s becomes ``(n, *s)``.
 
   Args:
     tree: a pytree of arrays (e.g. ``opt.init(params)``); Python and NumPy
@@ -70,7 +70,7 @@ def _worker_count(tree, owner):
   return sizes.pop() if sizes else 0
 
 
-def worker(tree, i: int):
+def worker(tree: Any, i: int) -> Any:
   """Worker i's slice of a stacked tree (leading axis removed)."""
   n = _worker_count(tree, "worker")
   if not 0 <= i < n:
@@ -78,12 +78,12 @@ def worker(tree, i: int):
   return jax.tree.map(lambda x: _take(x, i), tree)
 
 
-def unstack(tree) -> list:
+def unstack(tree: Any) -> list:
   """The list of per-worker trees of a stacked tree."""
   return [worker(tree, i) for i in range(_worker_count(tree, "unstack"))]
 
 
-def shard(tree, mesh: jax.sharding.Mesh, axis_name: str = "data"):
+def shard(tree: Any, mesh: jax.sharding.Mesh, axis_name: str = "data"):
   """Places a stacked tree on ``mesh``, its leading (worker) axis split over
   the mesh axis ``axis_name`` (one worker per device on that axis).
 

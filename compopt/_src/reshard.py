@@ -131,7 +131,7 @@ def _walk(node, n_new, path):
   return treedef.unflatten([_walk(c, n_new, f"{path}/{i}") for i, c in enumerate(children)])
 
 
-def reshard_state(state, n: int):
+def reshard_state(state: Any, n: int):
   """A stacked optimizer state for ``n`` workers instead of its current number.
 
   Args:

@@ -8,7 +8,7 @@ leaf δ.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -23,7 +23,7 @@ def _constant(compressor: base.Compressor, tree, fn: Callable, combine) -> float
   return combine(values)
 
 
-def tree_omega(compressor: base.Compressor, tree) -> float | None:
+def tree_omega(compressor: base.Compressor, tree: Any) -> float | None:
   """ω of the layer-wise compressor on a whole tree: the largest leaf ω.
 
   E‖C(x) − x‖² = Σ_l E‖C(x_l) − x_l‖² ≤ max_l ω_l · ‖x‖².
@@ -31,11 +31,11 @@ def tree_omega(compressor: base.Compressor, tree) -> float | None:
   return _constant(compressor, tree, lambda c, s: c.omega(s), max)
 
 
-def tree_delta(compressor: base.Compressor, tree) -> float | None:
+def tree_delta(compressor: base.Compressor, tree: Any) -> float | None:
   """δ of the layer-wise compressor on a whole tree: the smallest leaf δ."""
   return _constant(compressor, tree, lambda c, s: c.delta(s), min)
 
 
-def tree_wire_bits(compressor: base.Compressor, tree) -> int:
-  """Exact bits sent for a whole tree (arrays or ``jax.ShapeDtypeStruct``s)."""
+def tree_wire_bits(compressor: base.Compressor, tree: Any) -> int:
+  """Exact bits sent for a whole tree (arrays or ``jax.ShapeDtypeStruct`` leaves)."""
   return sum(compressor.wire_bits(l.shape, l.dtype) for l in jax.tree.leaves(tree))

@@ -12,6 +12,7 @@ from compopt._src import checks
 from compopt._src.compressors import sign as csign
 from compopt._src.methods import dcsgd as dcsgd_lib
 from compopt._src.methods import guard
+from compopt._src.typing import SchemeArg
 
 
 def majority_vote() -> optax.GradientTransformationExtraArgs:
@@ -36,7 +37,7 @@ def signsgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
     axis_name: str | None = None,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -108,7 +109,7 @@ def signum(
     *,
     momentum: float = 0.9,
     axis_name: str | None = None,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -171,7 +172,7 @@ def scaled_signsgd(
     *,
     axis_name: str | None = None,
     momentum: float | None = None,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:

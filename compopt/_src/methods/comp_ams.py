@@ -13,6 +13,9 @@ from compopt._src import checks
 from compopt._src.methods import dcsgd as dcsgd_lib
 from compopt._src.methods import error_feedback as ef_lib
 from compopt._src.methods import guard
+from compopt._src.typing import CompressorArg
+from compopt._src.typing import SchemeArg
+from compopt._src.typing import DTypeArg
 
 
 class ScaleByCompAmsState(NamedTuple):
@@ -34,7 +37,7 @@ def scale_by_comp_ams(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    mu_dtype=None,
+    mu_dtype: DTypeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The server step of COMP-AMS (Li & Li 2022, Alg. 2 lines 13–16).
 
@@ -57,12 +60,12 @@ def scale_by_comp_ams(
       \approx \frac{1 - \beta_1}{\sqrt{1 - \beta_2}}\,\mathrm{sign}(g)
       \approx 3.16\,\mathrm{sign}(g)
 
-  for the defaults (where (1 − β2)g² ≫ ε, i.e. |g| ≫ √(ε/(1 − β2)) ≈ 3.2e-3),
-  while optax's is m̂_1/(√v̂_1 + ε) = g/(|g| + ε) ≈ sign(g). For a constant
+  for the defaults (where (1 − β2)g² ≫ ε, i.e. ``|g|`` ≫ √(ε/(1 − β2)) ≈ 3.2e-3),
+  while optax's is m̂_1/(√v̂_1 + ε) = g/(``|g|`` + ε) ≈ sign(g). For a constant
   gradient the ratio of the two at step t is (1 − β1^t)/√(1 − β2^t): 3.16 at
   t = 1, largest (≈ 6.6) at t = 12, 3.2 at t = 100, 1.26 at t = 1000, and 1
   in the limit. So a learning rate tuned for ``optax.amsgrad`` moves up to
-  6.6× farther here early in training; for |g| of order √(ε/(1 − β2)) or
+  6.6× farther here early in training; for ``|g|`` of order √(ε/(1 − β2)) or
   smaller, ε shrinks this step instead. In float32 it equals
   ``optax.scale_by_amsgrad(b1, b2, eps=0, eps_root=eps,
   bias_correction_mu=False, bias_correction_nu=False)`` (optax ≥ 0.2.7); this
@@ -115,12 +118,12 @@ def scale_by_comp_ams(
 
 
 def worker_error_feedback(
-    compressor,
+    compressor: CompressorArg,
     *,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Error feedback without a step size: outputs mean_i C(g_i + e_i).
 
@@ -155,7 +158,7 @@ def worker_error_feedback(
 def comp_ams(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -163,8 +166,8 @@ def comp_ams(
     optax_amsgrad: bool = False,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""COMP-AMS (Li & Li 2022, Alg. 2): compressed gradients with error feedback,

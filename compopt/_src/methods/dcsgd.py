@@ -16,6 +16,9 @@ from compopt._src import schemes
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
 from compopt._src.methods import guard
+from compopt._src.typing import CompressorArg
+from compopt._src.typing import SamplingArg
+from compopt._src.typing import SchemeArg
 
 
 class CompressedMeanState(NamedTuple):
@@ -26,12 +29,12 @@ class CompressedMeanState(NamedTuple):
 
 
 def compressed_mean(
-    compressor,
+    compressor: CompressorArg,
     *,
     axis_name: str | None = None,
-    sampling: Any = None,
+    sampling: SamplingArg = None,
     key: jax.Array | int = 0,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each worker's update by the mean of the compressed updates.
 
@@ -123,13 +126,13 @@ def _momentum(momentum, nesterov, owner):
 def dcsgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     axis_name: str | None = None,
-    sampling: Any = None,
+    sampling: SamplingArg = None,
     momentum: float | None = None,
     nesterov: bool = False,
     key: jax.Array | int = 0,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Distributed compressed SGD (DCSGD), Horváth & Richtárik 2021, Alg. 1.
@@ -206,7 +209,7 @@ def psgd(
     axis_name: str | None = None,
     momentum: float | None = None,
     nesterov: bool = False,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parallel SGD (P-SGD): the uncompressed mean of the workers' gradients.

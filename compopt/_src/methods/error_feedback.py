@@ -16,6 +16,10 @@ from compopt._src import schemes
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import sign as csign
 from compopt._src.methods import guard
+from compopt._src.typing import CompressorArg
+from compopt._src.typing import OptionalCompressorArg
+from compopt._src.typing import SchemeArg
+from compopt._src.typing import DTypeArg
 
 
 @reshard.rules(error=reshard.MEAN)
@@ -28,12 +32,12 @@ class ErrorFeedbackState(NamedTuple):
 
 
 def error_feedback(
-    compressor,
+    compressor: CompressorArg,
     *,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Error feedback on the workers: sends C(p_i), keeps p_i − C(p_i).
 
@@ -124,11 +128,11 @@ def _error_feedback(compressor, *, axis_name, key, error_dtype, scheme, owner,
 def ef_sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF-SGD / MEM-SGD: compressed SGD with error feedback.
@@ -199,8 +203,8 @@ def ef_signsgd(
     *,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     zeros: str = "keep",
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -276,12 +280,12 @@ class EF21EstimatorState(NamedTuple):
 
 
 def ef21_estimator(
-    compressor,
+    compressor: CompressorArg,
     *,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    state_dtype=jnp.float32,
-    scheme: Any = None,
+    state_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21's gradient estimator: outputs g = mean_i g_i, kept by compressed
   differences.
@@ -353,11 +357,11 @@ def _ef21_estimator(compressor, *, axis_name, key, state_dtype, scheme, owner):
 def ef21(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    state_dtype=jnp.float32,
-    scheme: Any = None,
+    state_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21-SGD: x ← x − γ g with EF21's compressed gradient estimator.
@@ -419,13 +423,13 @@ class DoubleSqueezeEstimatorState(NamedTuple):
 
 
 def double_squeeze_estimator(
-    compressor,
+    compressor: CompressorArg,
     *,
-    server_compressor=None,
+    server_compressor: OptionalCompressorArg = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DoubleSqueeze's estimator: error feedback on the workers and the server.
 
@@ -506,12 +510,12 @@ def _double_squeeze_estimator(compressor, *, server_compressor, axis_name, key,
 def double_squeeze(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
-    server_compressor=None,
+    compressor: CompressorArg,
+    server_compressor: OptionalCompressorArg = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DoubleSqueeze: compressed both ways, error feedback on both sides.

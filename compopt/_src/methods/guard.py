@@ -343,7 +343,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def skipped_steps(state) -> Any:
+def skipped_steps(state: Any) -> Any:
   """The number of steps skipped for non-finite input, read from anywhere in
   an optax state: an int, or a list of ints (one per worker) for a stacked
   state. Raises ValueError if ``state`` has no guard."""

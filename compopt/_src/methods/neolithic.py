@@ -13,18 +13,22 @@ from compopt._src import checks
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
 from compopt._src.methods import error_feedback as ef_lib
+from compopt._src.typing import CompressorArg
+from compopt._src.typing import OptionalCompressorArg
+from compopt._src.typing import SchemeArg
+from compopt._src.typing import DTypeArg
 
 
 def neolithic(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     rounds: int,
-    server_compressor=None,
+    server_compressor: OptionalCompressorArg = None,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    error_dtype=jnp.float32,
-    scheme: Any = None,
+    error_dtype: DTypeArg = jnp.float32,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NEOLITHIC (Huang et al. 2022, Alg. 2), uni- or bidirectional.

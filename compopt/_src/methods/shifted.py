@@ -3,6 +3,7 @@ optimal (star), DIANA and Rand-DIANA shifts, and GDCI (compressed iterates)."""
 
 from __future__ import annotations
 
+from typing import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -21,6 +22,10 @@ from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
 from compopt._src.compressors import tree as ctree
 from compopt._src.methods import guard
+from compopt._src.typing import CompressorArg
+from compopt._src.typing import OptionalCompressorArg
+from compopt._src.typing import SchemeArg
+from compopt._src.typing import DTypeArg
 
 SHIFT_RULES = ("fixed", "star", "diana", "rand_diana")
 INITIAL_SHIFTS = ("zero", "first_gradient", "given")
@@ -62,17 +67,17 @@ class ShiftedCompressionState(NamedTuple):
 
 
 def shifted_compression(
-    compressor,
+    compressor: CompressorArg,
     *,
     shift: str = "diana",
-    shift_compressor=None,
+    shift_compressor: OptionalCompressorArg = None,
     alpha: float | None = None,
-    p=None,
+    p: float | Sequence[float] | None = None,
     initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=None,
-    scheme: Any = None,
+    shift_dtype: DTypeArg = None,
+    scheme: SchemeArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The shifted gradient estimator of DCGD-SHIFT.
 
@@ -391,16 +396,16 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, initi
 def dcgd_shift(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     shift: str = "diana",
-    shift_compressor=None,
+    shift_compressor: OptionalCompressorArg = None,
     alpha: float | None = None,
-    p=None,
+    p: float | Sequence[float] | None = None,
     initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=None,
-    scheme: Any = None,
+    shift_dtype: DTypeArg = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DCGD-SHIFT: x ← x − γ(h + mean_i Q(g_i − h_i)).
@@ -479,14 +484,14 @@ def _dcgd_shift(learning_rate, *, compressor, shift, shift_compressor, alpha, p,
 def diana(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
-    shift_compressor=None,
+    compressor: CompressorArg,
+    shift_compressor: OptionalCompressorArg = None,
     alpha: float | None = None,
     initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=None,
-    scheme: Any = None,
+    shift_dtype: DTypeArg = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DIANA (Mishchenko et al., 2019), generalized (Shulgin & Richtárik 2022, eq. 10).
@@ -554,13 +559,13 @@ def diana(
 def rand_diana(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
-    p=None,
+    compressor: CompressorArg,
+    p: float | Sequence[float] | None = None,
     initial_shift: str = "zero",
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    shift_dtype=None,
-    scheme: Any = None,
+    shift_dtype: DTypeArg = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rand-DIANA (Shulgin & Richtárik 2022, eq. 12 and Thm 4).
@@ -631,11 +636,11 @@ class GdciState(NamedTuple):
 def gdci(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    compressor,
+    compressor: CompressorArg,
     eta: float,
     axis_name: str | None = None,
     key: jax.Array | int = 0,
-    scheme: Any = None,
+    scheme: SchemeArg = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient descent with compressed iterates (GDCI).
