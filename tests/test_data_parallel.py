@@ -200,3 +200,23 @@ def test_comm_bits_array_reads_the_counters_inside_jit():
   from compopt._src import counters  # pylint: disable=import-outside-toplevel
   diff = counters.sub64(jnp.array([1, 2], jnp.uint32), jnp.array([0, 5], jnp.uint32))
   assert (int(diff[0]) << 32) + int(diff[1]) == (1 << 32) + 2 - 5
+
+
+def test_a_plain_optax_loop_changes_four_lines():
+  """The DataParallel object stands for the jitted step and takes the state
+  tx.init(params) makes: a plain optax loop keeps its init and its loop."""
+  params, batch = _problem()
+  tx = compopt.ef_sgd(0.1, compressor=C.top_k(2), axis_name=AXIS)
+  step = compopt.data_parallel(_loss, tx, jax.make_mesh((N,), (AXIS,)))
+  opt_state = tx.init(params)  # one worker's state, as for optax
+  p1, s1 = params, opt_state
+  for _ in range(2):
+    p1, s1, metrics = step(p1, s1, batch)
+  p2, s2 = params, step.init(params)
+  for _ in range(2):
+    p2, s2, _ = step.step(p2, s2, batch)
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+  jax.tree.map(np.testing.assert_array_equal, s1, s2)
+  with pytest.raises(ValueError, match="not a state of `tx`"):
+    step(params, optax.sgd(0.1).init(params), batch)
+  assert np.isfinite(float(metrics["loss"]))

@@ -38,6 +38,8 @@ class DataParallel(NamedTuple):
   Attributes:
     init: ``init(params) -> opt_state``: the method's state of every worker,
       global arrays with a leading worker axis sharded over the mesh axis.
+      (``step`` also takes ``tx.init(params)``, one worker's state, and
+      replicates it onto the workers on the first call.)
     step: ``step(params, opt_state, batch) -> (params, opt_state, metrics)``,
       jitted. ``metrics`` holds ``loss`` (the mean over workers of each
       worker's loss on its shard of the batch), ``payload_bits`` and
@@ -59,6 +61,11 @@ class DataParallel(NamedTuple):
   mesh: jax.sharding.Mesh
   axis_name: str
   num_workers: int
+
+  def __call__(self, params, opt_state, batch) -> tuple:
+    """``step(params, opt_state, batch)``: the object stands for the jitted
+    step of a plain optax loop."""
+    return self.step(params, opt_state, batch)
 
 
 def _skipped(state) -> jax.Array:
@@ -89,10 +96,10 @@ def data_parallel(
       mesh = jax.make_mesh((jax.device_count(),), ("data",))
       tx = compopt.ef_sgd(0.1, compressor=compopt.compressors.top_k(ratio=0.01),
                           axis_name="data")
-      dp = compopt.data_parallel(loss_fn, tx, mesh)
-      opt_state = dp.init(params)
+      step = compopt.data_parallel(loss_fn, tx, mesh)
+      opt_state = tx.init(params)           # or step.init(params), already placed
       for batch in batches:                 # global batches, split over workers
-        params, opt_state, metrics = dp.step(params, opt_state, batch)
+        params, opt_state, metrics = step(params, opt_state, batch)
 
   Each worker computes the gradient of ``loss_fn`` on its shard of the batch,
   the method compresses and exchanges (its collectives are the only
@@ -203,7 +210,27 @@ def data_parallel(
             f"{_OWNER}: every leaf of `batch` needs a leading axis divisible by the "
             f"{n} workers of mesh axis {axis_name!r} (each worker takes an equal "
             f"shard); got shape {jnp.shape(leaf)}")
-    return place(params, replicated), place(opt_state, split), place(batch, split)
+    return place(params, replicated), place(per_worker(params, opt_state), split), place(
+        batch, split)
+
+  def per_worker(params, opt_state):
+    """``opt_state`` as a state of every worker: a state of ONE worker (from
+    ``tx.init(params)``, as a plain optax loop makes it) is replicated onto
+    the worker axis; a state that has it already is returned as it is."""
+    one = jax.eval_shape(tx.init, params)
+    got = [jnp.shape(x) for x in jax.tree.leaves(opt_state)]
+    single = [tuple(x.shape) for x in jax.tree.leaves(one)]
+    if jax.tree.structure(opt_state) != jax.tree.structure(one):
+      raise ValueError(
+          f"{_OWNER}: `opt_state` is not a state of `tx` (its tree differs from "
+          "tx.init(params)'s); make it with init(params) or tx.init(params)")
+    if got == [(n,) + shape for shape in single]:
+      return opt_state
+    if got == single:
+      return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), opt_state)
+    raise ValueError(
+        f"{_OWNER}: `opt_state` has neither the shapes of one worker's state "
+        f"(tx.init(params)) nor those with a leading axis of the {n} workers")
 
   return DataParallel(init=init, step=lambda *args: step(*placed(*args)),
                       lower=lambda *args: step.lower(*placed(*args)), mesh=mesh,
