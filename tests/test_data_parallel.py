@@ -220,3 +220,21 @@ def test_a_plain_optax_loop_changes_four_lines():
   with pytest.raises(ValueError, match="not a state of `tx`"):
     step(params, optax.sgd(0.1).init(params), batch)
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_a_linen_train_state_steps_through_it():
+  from flax.training import train_state  # pylint: disable=import-outside-toplevel
+  params, batch = _problem()
+  tx = compopt.ef_sgd(0.1, compressor=C.top_k(2), axis_name=AXIS)
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+  train_step = compopt.data_parallel(_loss, tx, jax.make_mesh((N,), (AXIS,)))
+  for _ in range(2):
+    state, metrics = train_step(state, batch)
+  assert int(state.step) == 2
+  p, s = params, tx.init(params)
+  for _ in range(2):
+    p, s, _ = train_step(p, s, batch)
+  jax.tree.map(np.testing.assert_array_equal, state.params, p)
+  assert compopt.comm_bits(state.opt_state) == compopt.comm_bits(s)
+  with pytest.raises(TypeError, match="TrainState-like"):
+    train_step(params, batch)

@@ -62,10 +62,25 @@ class DataParallel(NamedTuple):
   axis_name: str
   num_workers: int
 
-  def __call__(self, params, opt_state, batch) -> tuple:
-    """``step(params, opt_state, batch)``: the object stands for the jitted
-    step of a plain optax loop."""
-    return self.step(params, opt_state, batch)
+  def __call__(self, *args) -> tuple:
+    """The object stands for the jitted step of a plain optax loop:
+    ``step(params, opt_state, batch) -> (params, opt_state, metrics)``; or,
+    for a Flax ``TrainState`` (anything with ``params``, ``opt_state``,
+    ``step`` and ``replace``), ``step(state, batch) -> (state, metrics)``
+    with ``state.step`` advanced by one."""
+    if len(args) == 2:
+      state, batch = args
+      if not all(hasattr(state, a) for a in ("params", "opt_state", "step", "replace")):
+        raise TypeError(
+            "data_parallel: step(state, batch) needs a Flax TrainState-like state "
+            "(params, opt_state, step, replace); otherwise call step(params, "
+            f"opt_state, batch); got {type(state).__name__}")
+      params, opt_state, metrics = self.step(state.params, state.opt_state, batch)
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    if len(args) != 3:
+      raise TypeError("data_parallel: call step(params, opt_state, batch) or "
+                      f"step(train_state, batch); got {len(args)} arguments")
+    return self.step(*args)
 
 
 def _skipped(state) -> jax.Array:
