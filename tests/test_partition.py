@@ -89,3 +89,14 @@ def test_plain_multi_transform_warns_and_the_dense_part_drifts():
     warnings.simplefilter("error")
     compopt.partition_by_size(ef, compopt.psgd(0.1, axis_name=AXIS), min_size=100).init(
         _params())
+
+
+def test_a_method_without_axis_name_under_a_named_axis_warns():
+  tx = compopt.ef_sgd(0.1, compressor=C.top_k(2))  # axis_name forgotten
+  state = compopt.parallel.stack(tx.init(_params()), N)
+  with pytest.warns(UserWarning, match="pass axis_name='data'"):
+    jax.vmap(tx.update, axis_name=AXIS)(_grads(0), state)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    jax.vmap(tx.update)(_grads(0), state)  # no named axis: an ensemble, say
+    tx.update(jax.tree.map(lambda g: g[0], _grads(0)), tx.init(_params()))

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -191,6 +192,27 @@ def check_not_spmd_vmap(axis_name, owner: str) -> None:
         "move the payloads; plain jax.vmap(axis_name=...) simulates workers.")
 
 
+def warn_if_unnamed_axis(axis_name, owner: str) -> None:
+  """Warns when a method built without ``axis_name`` is traced inside a named
+  axis (a ``jax.vmap``/``pmap``/``shard_map`` with ``axis_name``): if that
+  axis holds the workers, each worker steps alone and the replicas drift
+  apart. (A vmap over, say, an ensemble of models is fine: silence the
+  warning with ``warnings.filterwarnings``.)"""
+  if axis_name is not None:
+    return
+  try:
+    from jax._src import core as jax_core  # pylint: disable=import-outside-toplevel
+    names = tuple(jax_core.get_axis_env().axis_names())
+  except Exception:  # pylint: disable=broad-except
+    return
+  if names:
+    warnings.warn(
+        f"{owner}: built with axis_name=None but traced inside the named axis "
+        f"{names[-1]!r}: if that axis holds the workers, pass axis_name={names[-1]!r} "
+        "(each worker would otherwise step alone and the replicas drift apart).",
+        UserWarning, stacklevel=4)
+
+
 def check_not_under_skipping_multisteps(owner: str) -> None:
   """Raises ValueError when a wrapper that skips per worker (a skipping
   ``optax.MultiSteps``, ``optax.apply_if_finite``) runs this transformation."""
@@ -315,6 +337,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
       return inner.init(params)
 
     def plain_update(updates, state, params=None, **extra_args):
+      warn_if_unnamed_axis(axis_name, owner)
       if axis_name is not None:
         check_not_under_skipping_multisteps(owner)
         check_not_spmd_vmap(axis_name, owner)
@@ -330,6 +353,7 @@ def chain(*transforms, axis_name: str | None, skip_nonfinite: bool, owner: str):
     return tuple(inner.init(params)) + (_new_guard(None),)
 
   def update_fn(updates, state, params=None, **extra_args):
+    warn_if_unnamed_axis(axis_name, owner)
     if axis_name is not None:
       check_not_under_skipping_multisteps(owner)
       check_not_spmd_vmap(axis_name, owner)
