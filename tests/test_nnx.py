@@ -60,3 +60,23 @@ def test_the_nnx_example_trains():
   n_params = 64 * 64 + 64 + 64 * 10 + 10
   # top-5% values and indices, per worker and step: far below dense float32
   assert 0 < result["payload_bits"][0] / 40 < 32 * n_params / 5
+
+
+def test_reshard_state_takes_a_stacked_nnx_state():
+  """nnx.State keeps a NamedTuple state as a mapping of its field names; the
+  resharding rules still apply (EF errors averaged, keys replicated)."""
+  model = _Net(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, compopt.ef_sgd(0.1, compressor=C.top_k(2)), wrt=nnx.Param)
+  stacked = jax.tree.map(lambda x: jnp.stack([x] * 4), nnx.state(optimizer))
+  error = stacked["opt_state"][1]["error"]["b"]["bias"]
+  error.set_value(jnp.arange(8.0).reshape(4, 2))
+  resharded = compopt.reshard_state(stacked, 2)
+  assert isinstance(resharded, nnx.State)
+  np.testing.assert_array_equal(
+      jax.tree.leaves(resharded["opt_state"][1]["error"]["b"]["bias"])[0], [[3, 4], [3, 4]])
+  assert compopt.comm_bits(resharded).payload == [0, 0]
+  key = jax.tree.leaves(stacked["opt_state"][1]["key"])[0]
+  key_variable = stacked["opt_state"][1]["key"]
+  key_variable.set_value(key.at[1].add(1))  # a replicated buffer that differs: refused
+  with pytest.raises(ValueError, match=r"cannot reshard state\['opt_state'\]\[1\]\.key"):
+    compopt.reshard_state(stacked, 2)

@@ -26,6 +26,8 @@ disagree (a corrupted state).
 
 from __future__ import annotations
 
+import collections.abc
+
 from typing import Any, Callable
 
 import jax
@@ -99,6 +101,35 @@ def _bits(counter, n_new):
   return counters.CommBits(*(redistribute(field) for field in counter))
 
 
+def _unwrap(value):
+  """The value inside a Flax NNX ``Variable`` (``OptArray``), or ``value``."""
+  get = getattr(value, "get_value", None)
+  if callable(get) and not hasattr(value, "shape"):
+    return get()
+  return value
+
+
+def _state_type_of(mapping):
+  """The registered NamedTuple state (or :class:`CommBits`) that ``mapping``
+  stores by its field names, as a Flax ``nnx.State`` does (leaving out fields
+  that are None), when exactly one matches."""
+  keys = set(mapping.keys())
+  if len(keys) < 2 or not all(isinstance(k, str) for k in keys):
+    return None
+  candidates = [cls for cls in list(_RULES) + [counters.CommBits]
+                if keys <= set(cls._fields) and set(_RULES.get(cls, {})) <= keys
+                and len(keys) >= min(2, len(cls._fields))]
+  return candidates[0] if len(candidates) == 1 else None
+
+
+def _rebuild(mapping, values: dict):
+  """A mapping of ``mapping``'s type holding ``values``."""
+  try:
+    return type(mapping)(values)
+  except TypeError:
+    return dict(values)
+
+
 def _walk(node, n_new, path):
   if node is None:
     return None
@@ -125,8 +156,13 @@ def _walk(node, n_new, path):
     return type(node)(**out)
   if isinstance(node, (tuple, list)):
     return type(node)(_walk(v, n_new, f"{path}[{i}]") for i, v in enumerate(node))
-  if isinstance(node, dict):
-    return type(node)((k, _walk(v, n_new, f"{path}[{k!r}]")) for k, v in node.items())
+  if isinstance(node, collections.abc.Mapping):
+    cls = _state_type_of(node)
+    if cls is not None:  # a NamedTuple state stored as a mapping (Flax nnx.State)
+      fields = {f: (_unwrap(node[f]) if f in node else None) for f in cls._fields}
+      walked = _walk(cls(**fields), n_new, path)
+      return _rebuild(node, {k: getattr(walked, k) for k in node.keys()})
+    return _rebuild(node, {k: _walk(v, n_new, f"{path}[{k!r}]") for k, v in node.items()})
   children, treedef = jax.tree.flatten(node, is_leaf=lambda x: x is not node)
   return treedef.unflatten([_walk(c, n_new, f"{path}/{i}") for i, c in enumerate(children)])
 
