@@ -103,7 +103,8 @@ def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
 
   The compressor acts leaf by leaf (layer-wise). For a tree with leaves x_l,
 
-  .. math::
+  ::
+
     E‖C(x) − x‖² = Σ_l E‖C(x_l) − x_l‖² ≤ Σ_l ω_l ‖x_l‖² ≤ (max_l ω_l) ‖x‖²,
 
   so the tree's constant is ω = max_l ω_l (and C is unbiased when every leaf
@@ -112,7 +113,7 @@ def omega(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
   Args:
     compressor: a compopt compressor.
     tree_or_shape: an int (a vector's length), a shape tuple, an array, a
-      ``jax.ShapeDtypeStruct``, or a pytree of arrays/``ShapeDtypeStruct``s.
+      ``jax.ShapeDtypeStruct``, or a pytree of arrays or ``ShapeDtypeStruct`` leaves.
       Leaves of size 0 are ignored; at least one leaf must be non-empty.
 
   Returns:
@@ -138,7 +139,8 @@ def delta(compressor: base.Compressor, tree_or_shape: Any) -> float | None:
 
   Layer-wise on a tree with leaves x_l,
 
-  .. math::
+  ::
+
     E‖C(x) − x‖² = Σ_l E‖C(x_l) − x_l‖² ≤ Σ_l (1 − δ_l)‖x_l‖²
                  ≤ (1 − min_l δ_l) ‖x‖²,
 
@@ -175,7 +177,8 @@ def induced_omega(delta1: float, omega2: float) -> float:
   λ = 1) and C2 ∈ U(δ2') that C ∈ U(δ') with δ' = δ2'(1 − 1/δ1') + 1/δ1'. In
   our notation δ1' = 1/δ1 (since 1 − 1/δ1' = 1 − δ1) and δ2' = ω2 + 1, so
 
-  .. math::
+  ::
+
     ω = δ' − 1 = (ω2 + 1)(1 − δ1) + δ1 − 1 = ω2 (1 − δ1).
 
   Args:
@@ -215,7 +218,8 @@ def dcsgd_delta_n(omega: float, n: int, *, shared: bool = False) -> float:
   Horváth & Richtárik 2021, Thm 4, with C ∈ U(δ') (δ' = ω + 1) drawn
   independently on every worker:
 
-  .. math::
+  ::
+
     δ_n = (δ' − 1)/n + 1 = ω/n + 1.
 
   δ_n is the constant with E‖(1/n) Σ_i C(g_i)‖² ≤ δ_n (1/n) Σ_i ‖g_i‖² (proof
@@ -227,7 +231,8 @@ def dcsgd_delta_n(omega: float, n: int, *, shared: bool = False) -> float:
   ε_i = C(g_i) − g_i, and the cross terms E⟨ε_i, ε_j⟩, which vanish for
   independent compressors, remain. With ḡ = (1/n) Σ_i g_i and E ε_i = 0,
 
-  .. math::
+  ::
+
     E‖(1/n) Σ_i C(g_i)‖² = ‖ḡ‖² + E‖(1/n) Σ_i ε_i‖²
       ≤ ‖ḡ‖² + (1/n) Σ_i E‖ε_i‖²          (convexity of ‖·‖²)
       ≤ (1/n) Σ_i ‖g_i‖² + ω (1/n) Σ_i ‖g_i‖²
@@ -302,7 +307,8 @@ def dcsgd_delta_s(omega: float, n: int, *,
   v satisfying
   P − pp^T ⪯ Diag(p_1 v_1, …, p_n v_n) (Lemma 5), and C ∈ U(δ'), δ' = ω + 1,
 
-  .. math::
+  ::
+
     δ_S = (δ' max_i (v_i/p_i + 1) − 1)/n + 1
         = ((ω + 1) max_i (v_i/p_i + 1) − 1)/n + 1.
 
@@ -323,7 +329,8 @@ def dcsgd_delta_s(omega: float, n: int, *,
   randomness is drawn, as long as S is drawn independently of it) and adds
   E‖(1/n) Σ_i C(g_i)‖² ≤ δ_n (1/n) Σ_i ‖g_i‖². So
 
-  .. math::
+  ::
+
     δ_S = (ω + 1) max_i (v_i/p_i)/n + δ_n,
 
   the formula above for independent compressors (δ_n = ω/n + 1), and with
@@ -369,7 +376,8 @@ def dcsgd_step_size(omega: float, n: int, L: float, *,
                     tau: int | None = None, shared: bool = False) -> float:
   """Largest DCSGD step size of Horváth & Richtárik 2021, Thms 4 and 6.
 
-  .. math::
+  ::
+
     γ ≤ 1/(2 δ_n L),  δ_n = ω/n + 1            (full participation, Thm 4)
     γ ≤ 1/(2 δ_S L)                           (a sampling S, Thm 6)
 
@@ -450,7 +458,8 @@ def dcsgd_schedule(omega: float, n: int, L: float, mu: float, T: int, *,
   (:func:`dcsgd_step_size`); the decreasing ones start from it at k = t0.
   The weights are :func:`dcsgd_weights`, and the rate (:func:`dcsgd_bound`)
 
-  .. math::
+  ::
+
     E[f(x̄^T) − f*] + μ E‖x^{T+1} − x*‖²
       ≤ 64 δ L r⁰ exp(−μT/(4δL)) + 36(σ² + D)/(μT)
 
@@ -515,7 +524,8 @@ def dcsgd_weights(omega: float, n: int, L: float, mu: float, T: int, *,
   Horváth & Richtárik 2021, Lemma 9 with a = μ, d = 2L, α = δ,
   κ = 4L/μ and t0 = ⌈T/2⌉:
 
-  .. math::
+  ::
+
     w^k = (1 − μ/(2δL))^{−(k+1)}                    if T ≤ 2L/μ,
     w^k = 0 for k < t0,  (κ + k − t0)² for k ≥ t0    if T > 2L/μ,
 
@@ -560,7 +570,8 @@ def dcsgd_bound(omega: float, n: int, L: float, mu: float, T: int, r0: float, *,
                 tau: int | None = None, shared: bool = False) -> float:
   """The right-hand side of DCSGD's rate (Horváth & Richtárik 2021, Thms 2, 4, 6).
 
-  .. math::
+  ::
+
     E[f(x̄^T) − f*] + μ E‖x^{T+1} − x*‖²
       ≤ 64 δ L r⁰ exp(−μT/(4δL)) + 36(σ² + D)/(μT),
 
@@ -683,7 +694,8 @@ def dcgd_fixed_step_size(omega: float | Sequence[float], n: int, L: float,
                          L_max: float | Sequence[float]) -> float:
   """Largest step size of DCGD with fixed shifts (Shulgin & Richtárik 2022, Thm 1).
 
-  .. math::
+  ::
+
     γ ≤ 1 / (L + 2 max_i(L_i ω_i)/n).
 
   With one ω for all workers, max_i(L_i ω_i) = ω L_max. Per-worker constants
@@ -724,7 +736,8 @@ def dcgd_star_step_size(omega: float | Sequence[float], n: int, L: float,
 
   Shifts h_i = ∇f_i(x*) + C_i(∇f_i(x^k) − ∇f_i(x*)) (eq. 8) with C_i ∈ B(δ_i):
 
-  .. math::
+  ::
+
     γ ≤ 1 / (L + max_i(L_i ω_i (1 − δ_i))/n).
 
   δ = 0 stands for C_i ≡ 0 (the paper: "δ_i should be interpreted as zero").
@@ -769,7 +782,8 @@ def diana_alpha(omega: float | Sequence[float],
                 delta: float | Sequence[float] = 0.0) -> float:
   """Largest DIANA shift step α (Shulgin & Richtárik 2022, Thm 3).
 
-  .. math::
+  ::
+
     α ≤ 1 / (1 + ω_i (1 − δ_i))  for all i,  i.e.
     α = 1 / (1 + max_i ω_i (1 − δ_i)),
 
@@ -819,7 +833,8 @@ def diana_M(omega: float | Sequence[float], n: int, alpha: float | None = None,
   Thm 3 asks for M > 2/(nα), and its rate factor 1 − α + 2ω/(nM) is below 1
   only when M > 2ω/(nα). We return twice the larger bound,
 
-  .. math::
+  ::
+
     M = 4 max(1, ω) / (n α),
 
   which meets the stated condition and makes 1 − α + 2ω/(nM) ≤ 1 − α/2
@@ -865,7 +880,8 @@ def diana_step_size(omega: float | Sequence[float], n: int,
                     delta: float | Sequence[float] = 0.0) -> float:
   """Largest DIANA step size γ (Shulgin & Richtárik 2022, Thm 3).
 
-  .. math::
+  ::
+
     γ ≤ 1 / ((2/n) max_i(ω_i L_i) + (1 + α M) L_max),
 
   with one ω for all workers max_i(ω_i L_i) = ω L_max; per-worker ω_i and
@@ -912,7 +928,8 @@ def diana_rate(omega: float | Sequence[float], n: int, gamma: float, mu: float, 
                delta: float | Sequence[float] = 0.0) -> float:
   """DIANA's per-iteration contraction factor (Shulgin & Richtárik 2022, Thm 3).
 
-  .. math::
+  ::
+
     E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − α + 2ω/(nM)},
 
   with ω = max_i ω_i for per-worker ω_i. A value >= 1 means the theorem
@@ -956,7 +973,8 @@ def rand_diana_p(omega: float | Sequence[float]) -> float:
 
   Shulgin & Richtárik 2022, §3.2.2.
 
-  .. math::
+  ::
+
     p = 1/(ω + 1).
 
   The choice the paper recommends after Thm 4 (and uses in its experiments,
@@ -1003,7 +1021,8 @@ def rand_diana_M(omega: float | Sequence[float], n: int,
 
   Shulgin & Richtárik 2022, Thm 4.
 
-  .. math::
+  ::
+
     M = 4ω/(n p_m),  p_m = min_i p_i,
 
   twice the theorem's lower bound M > 2ω/(n p_m) (the choice stated after
@@ -1042,7 +1061,8 @@ def rand_diana_step_size(omega: float | Sequence[float], n: int,
                          M: float | None = None) -> float:
   """Largest Rand-DIANA step size γ (Shulgin & Richtárik 2022, Thm 4).
 
-  .. math::
+  ::
+
     γ ≤ 1 / ((1 + 2ω/n) L_max + M max_i(p_i L_i)),
 
   with ω = max_i ω_i for per-worker ω_i. With one p and one L_max,
@@ -1090,7 +1110,8 @@ def rand_diana_rate(omega: float | Sequence[float], n: int, gamma: float, mu: fl
 
   Shulgin & Richtárik 2022, Thm 4.
 
-  .. math::
+  ::
+
     E V^k ≤ ρ^k V^0,  ρ = max{1 − γμ, 1 − p_m + 2ω/(nM)},  p_m = min_i p_i,
 
   with ω = max_i ω_i for per-worker ω_i. (For ω = 0 the second term is
@@ -1139,7 +1160,8 @@ def gdci_eta(omega: float, n: int, L: float, L_max: float, mu: float) -> float:
 
   For x ← (1 − η)x + η mean_i Q_i(x − γ∇f_i(x)) (eq. 13), Q_i ∈ U(ω):
 
-  .. math::
+  ::
+
     η ≤ [L/μ + (2ω/n)(L_max/μ − 1)]^{-1}.
 
   Args:
@@ -1175,7 +1197,8 @@ def gdci_step_size(omega: float, n: int, L: float, L_max: float,
 
   Shulgin & Richtárik 2022, Thm 5.
 
-  .. math::
+  ::
+
     γ ≤ (1 + 2ηω/n) / (η (L + 2 L_max ω/n)).
 
   Args:
@@ -1210,7 +1233,8 @@ def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
                      Delta: float, L: float) -> int:
   """NEOLITHIC's number of compression rounds R (Huang et al. 2022, Thm 3).
 
-  .. math::
+  ::
+
     R = ⌈ max{ ln(δ T max{b², σ² δ} / (Δ L)), ln 8 } / δ ⌉.
 
   Where b² = σ² = 0 the first logarithm is −∞ and R = ⌈ln 8 / δ⌉. For an
@@ -1252,7 +1276,8 @@ def neolithic_rounds(delta: float, T: int, b2: float, sigma2: float,
 def fcc_error_bound(delta: float, R: int) -> float:
   """FCC's error factor after R rounds (Huang et al. 2022, Lemma 2).
 
-  .. math::
+  ::
+
     E‖v^R − v*‖² ≤ (1 − δ)^R ‖v*‖²,
 
   so FCC(C, R) ∈ B(1 − (1 − δ)^R) for C ∈ B(δ).
@@ -1385,7 +1410,8 @@ def comp_ams_learning_rate(L: float, G: float, *, q: float | None = None,
   (Assumption 1), L-smooth f_i (Assumption 2) and stochastic gradients
   bounded by ‖g_{t,i}‖ ≤ G (Assumption 3), Thm 1 holds for constant steps
 
-  .. math::
+  ::
+
     η ≤ ε / (3 C_0 √(2L max{2L, C_2})),
     C_0 = √(4(1 + q²)³ G²/(1 − q²)² + ε),
     C_2 = β1²/(1 − β1)² + 4q²/(1 − q²)².
@@ -1449,7 +1475,8 @@ def sign_density(v: Any, block_size: int | None = None) -> jax.Array:
 
   Scaled sign C(v) = (‖v‖₁/d) sign(v) meets its contraction with equality:
 
-  .. math::
+  ::
+
     ‖C(v) − v‖² = ‖v‖² − ‖v‖₁²/d = (1 − φ(v)) ‖v‖²,
     φ(v) = ‖v‖₁² / (d ‖v‖₂²) ∈ [1/d, 1].
 
@@ -1462,7 +1489,8 @@ def sign_density(v: Any, block_size: int | None = None) -> jax.Array:
   compopt's ``scaled_sign`` acts leaf by leaf and ``block_sign`` block by
   block; the error then adds up over the blocks B (d_B coordinates each) and
 
-  .. math::
+  ::
+
     ‖C(v) − v‖² = (1 − φ(v)) ‖v‖²,
     φ(v) = Σ_B ‖v_B‖₁²/d_B / Σ_B ‖v_B‖₂²,
 
@@ -1530,7 +1558,8 @@ def ef_signsgd_bound(gamma: float, T: int, f0: float, L: float, sigma2: float,
   (‖C(x) − x‖² ≤ (1 − δ)‖x‖², Assumption A; scaled sign for EF-SignSGD, with
   δ = φ, :func:`sign_density`), L-smooth f and E‖g‖² ≤ σ² (Assumption C):
 
-  .. math::
+  ::
+
     min_{t≤T} E‖∇f(x_t)‖² ≤ 2f_0/(γ(T + 1)) + γLσ²/2 + 4γ²L²σ²(1 − δ)/δ²,
 
   f_0 = f(x_0) − f*, for any step size γ > 0.
@@ -1571,7 +1600,8 @@ def ef_signsgd_step_size(T: int, *, f0: float | None = None, L: float | None = N
 
   Without constants, Remark 4's choice
 
-  .. math::
+  ::
+
     γ = 1/√(T + 1),
 
   which gives min_t E‖∇f(x_t)‖² ≤ (4f_0 + Lσ²)/(2√(T + 1))
@@ -1643,7 +1673,8 @@ def ef_signsgd_convex_bound(gamma: float, T: int, r0: float, sigma2: float,
   For Alg. 2 with a δ-approximate compressor, a convex (possibly non-smooth)
   f, E‖g‖² ≤ σ² and x̄_T = (1/(T + 1)) Σ_{t≤T} x_t:
 
-  .. math::
+  ::
+
     E f(x̄_T) − f* ≤ r_0/(2γ(T + 1)) + γσ² (1/2 + 2√(1 − δ)/δ),
 
   r_0 = ‖x_0 − x*‖², for any γ > 0. (The statement writes
@@ -1684,7 +1715,8 @@ def ef_signsgd_convex_step_size(T: int, r0: float, sigma2: float,
   The γ that minimizes Thm III's bound (:func:`ef_signsgd_convex_bound`),
   r_0/(2γ(T + 1)) + γσ²c with c = 1/2 + 2√(1 − δ)/δ:
 
-  .. math::
+  ::
+
     γ = √(r_0 / (2(T + 1)σ²c)),
 
   which makes the bound √(r_0) σ √(1 + 4√(1 − δ)/δ) / √(T + 1). Remark 6

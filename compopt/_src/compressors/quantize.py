@@ -296,7 +296,7 @@ def qsgd(levels: int = 1, *, norm: float | str = 2) -> Dithering:
 def natural_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
   """Natural dithering (Horváth et al., 2019a): levels 0, 2^(1−s), ..., 1/2, 1.
 
-  y_j = |x_j|/‖x‖_p is rounded at random, unbiasedly, to a neighbouring level.
+  y_j = ``|x_j|``/‖x‖_p is rounded at random, unbiasedly, to a neighbouring level.
   Class U(1/8 + √d 2^(1−s) min(1, √d 2^(1−s))) for p ∈ {2, ∞}
   (Horváth et al., 2019a, Thm 7). Wire: 1 + ⌈log2(s + 1)⌉ bits per coordinate
   and one float32 norm per leaf.
@@ -315,7 +315,7 @@ def natural_dithering(levels: int = 1, *, norm: float | str = 2) -> Dithering:
 
 
 def terngrad() -> Dithering:
-  """TernGrad (Wen et al., 2017): ‖x‖_∞ · sign(x_j) · Bernoulli(|x_j|/‖x‖_∞).
+  """TernGrad (Wen et al., 2017): ‖x‖_∞ · sign(x_j) · Bernoulli(``|x_j|``/‖x‖_∞).
 
   Random dithering with one level and the ∞-norm: unbiased, class
   U(min(d, √d)) = U(√d). Wire: 2 bits per coordinate and one float32 norm.
