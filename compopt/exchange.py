@@ -1,9 +1,9 @@
 """How workers exchange compressed vectors, and the cost model that picks one.
 
 Every method takes ``scheme=``: :func:`allgather` (default),
-:func:`allreduce`, :func:`two_phase` or :func:`auto`. See the table in
-``compopt._src.schemes`` (repeated in the README) for the bytes each moves
-and which methods stay exact under which scheme.
+:func:`allreduce`, :func:`two_phase` or :func:`auto`. The README's table of
+schemes gives the bytes each moves and which methods stay exact under which
+scheme.
 
 With one compressor per worker (``compressor=[C_1, ..., C_n]``, e.g. for
 :func:`compopt.diana`), a collective still needs one buffer size on every

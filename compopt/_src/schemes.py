@@ -202,6 +202,7 @@ class Scheme:
 
 @dataclasses.dataclass(frozen=True)
 class AllGather(Scheme):
+  """What :func:`allgather` returns: every payload all-gathered once."""
   name: str = "allgather"
 
   def collectives(self, payload_bytes, dense_bytes, n, server_payload_bytes=None):
@@ -210,6 +211,7 @@ class AllGather(Scheme):
 
 @dataclasses.dataclass(frozen=True)
 class AllReduce(Scheme):
+  """What :func:`allreduce` returns: a dense all-reduce of the decoded payloads."""
   name: str = "allreduce"
 
   def collectives(self, payload_bytes, dense_bytes, n, server_payload_bytes=None):
@@ -244,6 +246,9 @@ class TwoPhaseState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TwoPhase(Scheme):
+  """What :func:`two_phase` returns: an all-to-all to the chunks' owners, then
+  an all-gather of the averaged (and, with ``server_compressor``, compressed)
+  chunks."""
   server_compressor: cbase.Compressor | None = None
   error_feedback: bool = True
   name: str = "two_phase"
