@@ -42,7 +42,7 @@ def _run(opt, steps=3, dtype=jnp.float32):
   return params, state
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())  # one per family; all: -m slow
 def test_jit_does_not_retrace(name):
   chex.clear_trace_counter()
   opt = _make(name)
@@ -75,7 +75,7 @@ def test_extra_args_are_tolerated(name):
     opt.update(_grads(0), state)  # params are optional
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())  # one per family; all: -m slow
 def test_bf16_is_kept(name):
   opt = _make(name)
   params = _params(jnp.bfloat16)
@@ -115,7 +115,7 @@ def test_inside_multi_steps(name):
     chex.assert_trees_all_close(params_m, params_p, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())  # one per family; all: -m slow
 def test_inject_hyperparams_gives_equal_results(name):
   factory, kwargs = registry.METHODS[name][0], registry.kwargs(name)
   # Compressors, samplings and validated structural numbers stay static (see
@@ -130,7 +130,7 @@ def test_inject_hyperparams_gives_equal_results(name):
   np.testing.assert_allclose(s1.hyperparams["learning_rate"], 0.1)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registry.params())  # one per family; all: -m slow
 def test_schedule_and_optax_chain(name):
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-3),
                     _make(name, optax.cosine_decay_schedule(0.1, 10)))
