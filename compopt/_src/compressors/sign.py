@@ -280,8 +280,8 @@ def scaled_sign(zeros: str = "plus") -> BlockSign:
     gradient is always 0 moves by −γa every step; with it
     (:func:`compopt.ef_signsgd`) it moves by the worker's residual e_j, which
     does not grow but does not stay 0 either.
-  * ``zeros="keep"`` sends sign(0) = 0: ‖C(x) − x‖² = Σ_{x_j≠0} (a − |x_j|)²
-    = ‖x‖² − (‖x‖₁²/d)(2 − d_nz/d), so δ(x) = φ(x)(2 − d_nz/d) ≥ φ(x): the
+  * ``zeros="keep"`` sends sign(0) = 0:
+    ``‖C(x) − x‖² = Σ_{x_j≠0} (a − |x_j|)² = ‖x‖² − (‖x‖₁²/d)(2 − d_nz/d)``, so δ(x) = φ(x)(2 − d_nz/d) ≥ φ(x): the
     zeros no longer receive ±a, which removes (d − d_nz)a² from the error.
     The class constant is the same, 1/d (φ ≥ 1/d as ‖x‖₁ ≥ ‖x‖₂; approached
     by a leaf without zeros whose mass is on one coordinate).
