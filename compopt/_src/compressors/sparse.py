@@ -223,7 +223,13 @@ class TopK(base.Compressor):
 
 @dataclasses.dataclass(frozen=True)
 class RandK(base.Compressor):
-  """Keeps k uniformly random coordinates scaled by d/k: class U(d/k − 1)."""
+  """Keeps k uniformly random coordinates scaled by d/k: class U(d/k − 1).
+
+  With ``shared=True`` every worker keeps the same positions, so the workers'
+  compression errors are not independent and DCSGD's δ_n = ω/n + 1 does not
+  hold; ``compopt.theory.dcsgd_delta_n(omega, n, shared=True)`` gives the
+  constant that does (see :func:`rand_k`).
+  """
   k: int | None = None
   ratio: float | None = None
   shared: bool = False
@@ -440,6 +446,15 @@ def rand_k(k: int | None = None, *, ratio: float | None = None,
   indices, or the values only when ``shared=True``: the positions then come
   from the key, which every receiver must know (the communication layer passes
   a key common to all workers), and ``decode`` needs that key.
+
+  Warning: with ``shared=True`` every worker draws the same positions, so the
+  compression errors C(g_i) − g_i of the n workers are correlated, not
+  independent. DCSGD's δ_n = ω/n + 1 (Horváth & Richtárik 2021, Thm 4)
+  assumes independent compressors and no longer holds: one shared mask is
+  linear, so (1/n) Σ_i C(g_i) = C(ḡ), whose second moment reaches
+  (ω + 1)‖ḡ‖², as with a single worker. Size step sizes with
+  ``compopt.theory.dcsgd_delta_n(omega, n, shared=True)`` (= ω + 1), not with
+  the independent δ_n.
 
   Args:
     k: coordinates kept per leaf, 1 <= k <= leaf size.
