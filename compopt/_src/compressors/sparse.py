@@ -335,30 +335,313 @@ def wangni_probabilities(a: jax.Array, k: int) -> jax.Array:
   return jnp.where(a > 0, jnp.minimum(1, lam * a), 0)
 
 
-def systematic_sample(key, p: jax.Array, k: int):
-  """Exactly k slots with P(j is picked) = p_j, for Σ p_j ≤ k and p_j ≤ 1.
+# Systematic sampling in fixed point. A probability is a whole number of
+# units of 2^-31 (a slot of the sample, probability 1, is 2^31 units), so
+# every sum the sampling reads is a sum of integers, exact in whatever order
+# XLA adds: cumulative sums wrap modulo 2^32 in uint32, which loses nothing
+# the sampling reads, and the totals that steer the rounding are summed
+# exactly in 16-bit limbs. A float cumulative sum, by contrast, has spacing
+# 2^-8 near 5·10^4, where a p_j of 5·10^-5 adds nothing and is never drawn.
+_UNIT_BITS = 31
+_U32 = jnp.uint32
+_SLOT = np.uint32(1 << _UNIT_BITS)
 
-  Systematic sampling: one uniform u; slot m picks the j whose interval
-  [P_{j-1}, P_j) of the cumulative sum P contains u + m.
 
-  Returns the picked indices, a mask of the slots that picked something
-  (Σ p_j < k leaves the last slots empty), and the probability each pick was
-  really made with: the length P_j − P_{j-1} of its interval as computed in
-  floating point. XLA's cumsum does not add in order, so a p_j = 0 can get a
-  tiny interval; dividing by the interval length (not by p_j) keeps the
-  estimator unbiased for the intervals actually used.
+def _pair(hi, lo):
+  """The 64-bit unsigned integer hi·2^32 + lo, as two uint32 scalars."""
+  return jnp.asarray(hi, _U32), jnp.asarray(lo, _U32)
+
+
+def _add64(a, b):
+  lo = a[1] + b[1]
+  return a[0] + b[0] + (lo < a[1]).astype(_U32), lo
+
+
+def _sub64(a, b):
+  """a − b, for a >= b."""
+  return a[0] - b[0] - (a[1] < b[1]).astype(_U32), a[1] - b[1]
+
+
+def _less64(a, b):
+  return (a[0] < b[0]) | ((a[0] == b[0]) & (a[1] < b[1]))
+
+
+def _select64(c, a, b):
+  return jnp.where(c, a[0], b[0]), jnp.where(c, a[1], b[1])
+
+
+def _slots(count):
+  """count·2^31 as a pair, for a non-negative int32 count."""
+  count = count.astype(_U32)
+  return _pair(count >> 1, (count & 1) << _UNIT_BITS)
+
+
+def _to_float(a):
+  """The pair's value in float32, within a relative 2^-23."""
+  return a[0].astype(jnp.float32) * 2.0**32 + a[1].astype(jnp.float32)
+
+
+def _small(a, cap):
+  """The pair's value as an int32, or ``cap`` if it is larger."""
+  big = (a[0] > 0) | (a[1] > np.uint32(cap))
+  return jnp.where(big, cap, a[1].astype(jnp.int32))
+
+
+_SUM_ROW = 1 << 15  # 2^15 limbs below 2^16 sum below 2^31
+
+
+def exact_sum(n: jax.Array):
+  """Σ_j n_j of a 1-D uint32 array, exactly, as a (hi, lo) pair of uint32.
+
+  Each n_j is read as two 16-bit limbs (a bitcast, one pass); a row of 2^15
+  limbs sums below 2^31, and the row sums (at most 2^16 rows for 2^31
+  entries), split again, sum below 2^32.
   """
-  cs = jnp.cumsum(p)
-  total = cs[-1]
-  target = jnp.round(total)  # Σ p_j is an integer: min(k, nnz)
-  cs = cs * jnp.where(total > 0, target / jnp.where(total > 0, total, 1), 0)
-  cs = lax.cummax(cs)  # monotone, so that searchsorted is well defined
-  points = jax.random.uniform(key, (), p.dtype) + jnp.arange(k, dtype=p.dtype)
-  valid = points < target
-  idx = jnp.minimum(jnp.searchsorted(cs, points, side="right"), p.shape[0] - 1)
-  start = jnp.where(idx > 0, cs[jnp.maximum(idx - 1, 0)], 0)
-  prob = cs[idx] - start
-  return idx, valid & (prob > 0), prob
+  d = n.shape[0]
+  full = d // _SUM_ROW
+  limbs = lax.bitcast_convert_type(n, jnp.uint16)  # (d, 2), in the byte order
+  low_first = lax.bitcast_convert_type(np.uint32(1), jnp.uint16)[0] == 1
+  sums = []
+  if full:
+    rows = limbs[:full * _SUM_ROW].reshape(full, _SUM_ROW, 2)
+    sums.append(jnp.sum(rows, axis=1, dtype=_U32))
+  if full * _SUM_ROW < d:
+    sums.append(jnp.sum(limbs[full * _SUM_ROW:], axis=0, dtype=_U32)[None])
+  sums = jnp.concatenate(sums) if len(sums) > 1 else sums[0]
+  hi = jnp.where(low_first, sums[:, 1], sums[:, 0])  # per row, below 2^31
+  lo = jnp.where(low_first, sums[:, 0], sums[:, 1])
+
+  def add(total, v):  # total + Σ_r v_r·2^16, v_r = v1·2^16 + v0 < 2^31
+    v1, v0 = jnp.sum(v >> 16, dtype=_U32), jnp.sum(v & 0xFFFF, dtype=_U32)
+    total = _add64(total, _pair(v1, 0))
+    return _add64(total, _pair(v0 >> 16, v0 << 16))
+
+  lo1, lo0 = jnp.sum(lo >> 16, dtype=_U32), jnp.sum(lo & 0xFFFF, dtype=_U32)
+  total = _add64(_pair(lo1 >> 16, lo1 << 16), _pair(0, lo0))
+  return add(total, hi)
+
+
+def _units(p, support):
+  """⌊p_j·2^31⌋ units, at least one on the support; p_j = 1 gives a slot."""
+  u = jnp.clip(jnp.floor(p * float(_SLOT)), 0, float(_SLOT))  # p·2^31 is exact
+  return jnp.where(support, jnp.maximum(u, 1), 0).astype(_U32)
+
+
+# A margin on the correction's rate, wider than the float32 rounding of the
+# few operations that compute it, so that it never overshoots.
+_MARGIN = 2.0**-20
+
+
+def _rescale_rate(n, support, total, target, count):
+  """The proportional correction that moves Σ_j n_j (``total``, exact)
+  towards ``target`` without passing it: (up, rate, lower_full).
+
+  A sum short of target grows in proportion to n_j, as p_j·target/Σ_j p_j
+  would, each n_j capped at 2^31. A sum above target shrinks in proportion to
+  n_j − 1, so that no n_j drops below one unit; the coordinates at 2^31
+  (p_j = 1) give up units only if the others cannot give up enough.
+  """
+  n_full = jnp.sum(n == _SLOT, dtype=jnp.int32)
+  up = _less64(total, target)
+  gap = _select64(up, _sub64(target, total), _sub64(total, target))
+  # Σ (n_j − 1) over the support, without and with the coordinates at 2^31.
+  room_part = _sub64(_sub64(total, _slots(n_full)), _pair(0, count - n_full))
+  room_all = _sub64(total, _pair(0, count))
+  lower_full = _less64(room_part, gap)
+  weight = _select64(up, total, _select64(lower_full, room_all, room_part))
+  gap_f, weight_f = _to_float(gap), _to_float(weight)
+  rate = gap_f / jnp.where(weight_f > 0, weight_f, 1)
+  rate = jnp.where(up, rate * (1 - _MARGIN), rate * (1 + _MARGIN))
+  return up, rate, lower_full
+
+
+def _rescale(n, support, up, rate, lower_full):
+  w = jnp.where(up, n, n - 1)
+  w = jnp.where(support & (up | lower_full | (n != _SLOT)), w, 0)
+  step = w.astype(jnp.float32) * rate
+  # Up: ⌊w_j·rate⌋ <= w_j·gap/Σw, so the sum stays at or below target.
+  # Down: ⌈w_j·rate⌉ >= w_j·gap/Σw, so it drops to target or below.
+  step = jnp.where(up, jnp.floor(step), jnp.ceil(step))
+  step = jnp.clip(step, 0, float(_SLOT)).astype(_U32)
+  return jnp.where(up, n + jnp.minimum(step, _SLOT - n), n - jnp.minimum(step, w))
+
+
+def _room(n, support, up):
+  """Units n_j can take (up to 2^31) or give (down to 1; none at 2^31)."""
+  give = jnp.where(n == _SLOT, 0, n - 1)
+  return jnp.where(support, jnp.where(up, _SLOT - n, give), 0)
+
+
+_FIND_ROW = 1024
+
+
+def _row_counts(mask: jax.Array, row: int) -> jax.Array:
+  """The number of True entries in each row of ``row`` entries (the last
+  row may be shorter)."""
+  d = mask.shape[0]
+  full = d // row
+  counts = []
+  if full:
+    counts.append(jnp.sum(mask[:full * row].reshape(full, row), axis=1, dtype=jnp.int32))
+  if full * row < d:
+    counts.append(jnp.sum(mask[full * row:], dtype=jnp.int32)[None])
+  return jnp.concatenate(counts) if len(counts) > 1 else counts[0]
+
+
+def _shares(takes, gap, level):
+  """Even shares of ``gap`` units (an int32) among the True entries of
+  ``takes``: q + 1 units to each of the first r of them (those below a bound
+  J), q to the others, gap = q·takers + r. Returns (q, J, fits), fits: the
+  shares are at most ``level``."""
+  d = takes.shape[0]
+  row = min(_FIND_ROW, d)
+  upto = jnp.cumsum(_row_counts(takes, row))
+  takers = jnp.maximum(upto[-1], 1)
+  each, rest = gap // takers, gap % takers
+  fits = (each + (rest > 0) <= level) & ((upto[-1] > 0) | (gap == 0))
+  # J: the row holding the rest-th taker, then its place in the row.
+  r = jnp.searchsorted(upto, rest, side="left")
+  before = jnp.where(r > 0, upto[jnp.maximum(r - 1, 0)], 0)
+  start = jnp.minimum(r * row, d - row)
+  pos = start + jnp.arange(row, dtype=jnp.int32)
+  window = lax.dynamic_slice(takes, (start,), (row,)) & (pos >= r * row)
+  t = jnp.searchsorted(jnp.cumsum(window, dtype=jnp.int32), rest - before, side="left")
+  return each, jnp.where(rest > 0, start + t + 1, 0).astype(jnp.int32), fits
+
+
+def _give(n, room, up, level, each, bound):
+  """n ± the shares of :func:`_shares` (cut to the room, if they do not fit)."""
+  takes = room >= level
+  extra = each + (jnp.arange(n.shape[0], dtype=jnp.int32) < bound)
+  extra = jnp.minimum(jnp.where(takes, extra, 0).astype(_U32), room)
+  return jnp.where(up, n + extra, n - extra)
+
+
+_LEVELS = (1, 1 << 4, 1 << 8, 1 << 12, 1 << 16, 1 << 20, 1 << 24, 1 << 28)
+
+
+def _nonzeros(a: jax.Array) -> jax.Array:
+  """#{j : a_j > 0} for a >= 0, as an int32. Below 2^24 entries it is Σ
+  sign(a_j) in float32 (exact there), which XLA's CPU backend reduces several
+  times faster than a sum of comparisons."""
+  if a.shape[0] < 1 << 24:
+    return jnp.sum(jnp.sign(a.astype(jnp.float32))).astype(jnp.int32)
+  return jnp.sum(a > 0, dtype=jnp.int32)
+
+
+def quantized_probabilities(p: jax.Array, a: jax.Array, k: int) -> jax.Array:
+  """Units n_j (probability n_j·2^-31) with Σ_j n_j = min(k, nnz(a))·2^31.
+
+  n_j = ⌊p_j·2^31⌋, at least 1 on the support (so that every coordinate there
+  is drawn with a positive probability, however small p_j is), and the few
+  units by which these miss the target (from the floors and the float
+  rounding of Σ_j p_j) spread evenly: q or q + 1 units added to (or taken
+  from) every coordinate with room for them. Should too few have room, a
+  correction proportional to n_j first brings the sum to within about one
+  unit per coordinate below the target, then the rest is spread over the
+  coordinates with room for 1, 16, 256, ... units, the first level that
+  holds it. All of it is exact integer arithmetic; no n_j exceeds 2^31.
+
+  ``p`` are the probabilities, ``a`` >= 0 marks the support: the coordinates
+  with a_j > 0 (``p`` itself, or |x|, of which p may have flushed a tiny
+  entry to 0).
+  """
+  support = a > 0
+  n0 = _units(p, support)
+  count = _nonzeros(a)
+  target = _slots(jnp.minimum(count, k))
+  total = exact_sum(n0)
+  up = _less64(total, target)
+  gap = _small(_select64(up, _sub64(target, total), _sub64(total, target)), 1 << 30)
+  # Even shares of at most `level` units, on every coordinate with that much
+  # room; the level leaves room for half of the support lacking it.
+  level = (1 + 2 * (gap // jnp.maximum(count, 1) + 1)).astype(_U32)
+  each, bound, fits = _shares(_room(n0, support, up) >= level, gap, level)
+  fits &= gap < (1 << 30)
+
+  def fast(_):
+    return (up, jnp.float32(0), False, up, level, each, bound)
+
+  def slow(_):  # the proportional correction first, then even shares up
+    rescale = _rescale_rate(n0, support, total, target, count)
+    n1 = _rescale(n0, support, *rescale)
+    short = _small(_sub64(target, exact_sum(n1)), (1 << 31) - 1)
+    room = _room(n1, support, True)
+    levels = jnp.asarray(_LEVELS, jnp.int32)
+    takers = jnp.stack([jnp.sum(room >= t, dtype=jnp.int32) for t in _LEVELS])
+    lvl = levels[jnp.argmax(short // levels + (short % levels > 0) <= takers)]
+    lvl = lvl.astype(_U32)
+    each, bound, _ = _shares(room >= lvl, short, lvl)
+    return (*rescale, jnp.bool_(True), lvl, each, bound)
+
+  r_up, rate, lower_full, g_up, level, each, bound = lax.cond(fits, fast, slow, None)
+  n = _rescale(n0, support, r_up, rate, lower_full)
+  return _give(n, _room(n, support, g_up), g_up, level, each, bound)
+
+
+_DRAW_ROW = 32
+
+
+def _positions(drawn: jax.Array, k: int):
+  """The indices of the True entries of ``drawn`` in increasing order, in k
+  slots (d in the slots beyond their number).
+
+  Counts per row of L entries, a cumulative sum over rows to find each
+  draw's row, then its entry among the row's L: L = d/k (2 to 32), so that
+  the k·L entries read are at most about d.
+  """
+  d = drawn.shape[0]
+  slot = jnp.arange(1, k + 1, dtype=jnp.int32)
+  row = min(d, max(2, min(_DRAW_ROW, d // k)))
+  upto = jnp.cumsum(_row_counts(drawn, row))
+  r = jnp.minimum(jnp.searchsorted(upto, slot, side="left"), upto.shape[0] - 1)
+  before = jnp.where(r > 0, upto[jnp.maximum(r - 1, 0)], 0)
+  pos = r[:, None] * row + jnp.arange(row, dtype=jnp.int32)
+  window = drawn[jnp.minimum(pos, d - 1)] & (pos < d)
+  # t: the entries of the row before its (slot − before)-th draw. A running
+  # sum over the few columns (XLA's cumsum along a short axis is slower).
+  need, seen, t = slot - before, jnp.zeros_like(slot), jnp.zeros_like(slot)
+  for i in range(row):
+    seen = seen + window[:, i]
+    t = t + (seen < need)
+  return jnp.where(slot <= upto[-1], r * row + t, d)
+
+
+def systematic_sample(key, p: jax.Array, k: int, a: jax.Array | None = None):
+  """Draws exactly min(k, nnz) coordinates, j with probability π_j: p_j
+  rounded to a multiple of 2^-31 (:func:`quantized_probabilities`), for p_j
+  <= 1 with Σ_j p_j = min(k, nnz) up to float rounding.
+
+  Systematic sampling (Madow 1949) in fixed point: the probabilities are the
+  units n_j of :func:`quantized_probabilities` (π_j = n_j·2^-31) laid end to
+  end; one uniform integer w in [0, 2^31); the draws are the j whose stretch
+  [N_{j−1}, N_j) of the cumulative sum N holds a point w + m·2^31. As n_j ≤
+  2^31, j is drawn at most once, exactly when (N_j + w) mod 2^31 < n_j, which
+  has probability n_j/2^31 = π_j over w; the draws number Σ_j n_j/2^31.
+  N_j mod 2^32, all that test reads, is an exact wrapping uint32 cumulative
+  sum.
+
+  Args:
+    key: the PRNG key.
+    p: inclusion probabilities (float32 or float64), 0 where a_j = 0.
+    k: the number of slots.
+    a: magnitudes >= 0, nnz of them positive; each j with a_j > 0 gets
+      π_j > 0, even if p_j underflowed to 0 (default: p itself).
+
+  Returns:
+    The drawn indices (in increasing order), a mask of the slots that drew
+    something (Σ_j p_j < k leaves the last ones empty), and π_j of each draw,
+    by which its value is divided: E C(x) = x exactly.
+  """
+  d = p.shape[0]
+  n = quantized_probabilities(p, p if a is None else a, k)
+  w = jax.random.bits(key, (), _U32) >> (32 - _UNIT_BITS)
+  phase = (jnp.cumsum(n, dtype=_U32) + w) & (_SLOT - np.uint32(1))
+  idx = _positions(phase < n, k)
+  valid = idx < d
+  idx = jnp.minimum(idx, d - 1).astype(jnp.int32)
+  prob = n[idx].astype(p.dtype) / float(_SLOT)
+  return idx, valid, prob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +654,17 @@ class RandKWangni(base.Compressor):
   the same p_j, so exactly k are kept (a fixed-size payload) while E C(x) = x
   and E‖C(x) − x‖² = Σ_j x_j²(1/p_j − 1) are unchanged. That variance is at
   most (d/k − 1)‖x‖² (Cauchy–Schwarz on the unclipped coordinates).
+
+  The sampling is exact (:func:`systematic_sample`). Each p_j is rounded to a
+  multiple π_j of 2^-31, at least 2^-31 wherever x_j ≠ 0, and the π_j sum to
+  k exactly; every sum is then a sum of integers, so j is kept with
+  probability π_j exactly, in any order XLA adds, and sent as x_j/π_j:
+  E C(x) = x holds up to the float rounding of that quotient alone. π_j
+  differs from p_j by the rounding (under two units of 2^-31) and by an even
+  share of the float32 error of Σ_j p_j (in proportion to p_j, should the
+  even share not fit). A float32 cumulative sum of the p_j, by contrast, has
+  spacing 2^-8 near 5·10^4: there a p_j of 5·10^-5 adds nothing and x_j is
+  never sent.
   """
   k: int | None = None
   ratio: float | None = None
@@ -393,7 +687,7 @@ class RandKWangni(base.Compressor):
     # overflow nor λ flush to zero at the ends of the dtype's range.
     f, _ = base.pow2_normalizer(jnp.max(a))
     p = wangni_probabilities(a * f, k)
-    idx, valid, prob = systematic_sample(key, p, k)
+    idx, valid, prob = systematic_sample(key, p, k, a)
     values = (jnp.where(valid, x[idx].astype(ct) / jnp.where(valid, prob, 1), 0)
               + nonfinite_poison(x).astype(ct))
     return {"values": values.astype(self._value_dtype(x.dtype)),
@@ -419,7 +713,9 @@ class NuRand1(RandKWangni):
   """Non-uniform Rand-1: one j with probability |x_j|/‖x‖₁, sent as x_j/p_j.
 
   C(x) = sign(x_j)‖x‖₁ e_j; E C(x) = x and E‖C(x)‖² = ‖x‖₁² ≤ d‖x‖², so C is in
-  U(d − 1). It is rand_k_wangni with k = 1 (no coordinate is clipped).
+  U(d − 1). It is rand_k_wangni with k = 1 (no coordinate is clipped), drawn
+  the same exact way: p_j is rounded to a multiple π_j of 2^-31 and x_j/π_j
+  sent, which is sign(x_j)‖x‖₁ up to that rounding (see :class:`RandKWangni`).
   """
   k: int | None = 1
   ratio: float | None = None
@@ -493,7 +789,8 @@ def rand_k_wangni(k: int | None = None, *, ratio: float | None = None) -> RandKW
 
   Keeps coordinate j with probability p_j = min(1, λ|x_j|) where Σ_j p_j = k
   (the communication budget) and sends x_j / p_j. Exactly k coordinates are
-  sent (systematic sampling, see :class:`RandKWangni`).
+  sent (systematic sampling in integer arithmetic, exactly unbiased at every
+  leaf size; see :class:`RandKWangni`).
 
   Args:
     k: expected (and here exact) number of kept coordinates per leaf.
