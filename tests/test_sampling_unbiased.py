@@ -78,8 +78,8 @@ BIG, TINY, K_TINY = 99_000, 1_000, 50_000
 def test_tiny_block_after_large_ones_is_unbiased():
   # p_j ≈ 0.505 for the ones and 5.05e-5 for the tiny block, whose mass 0.0505
   # sits where the cumulative sum is about 5·10^4: one draw in twenty sends one
-  # of its coordinates, as 10^-4/p_j ≈ 1.98. A float32 cumulative sum sends
-  # it one draw in about 1,600, a mean of 0.0012.
+  # of its coordinates, as 10^-4/p_j ≈ 1.98. The float32 cumulative sum gave a
+  # mean of 0.0012.
   x = np.r_[np.ones(BIG), np.full(TINY, 1e-4)].astype(np.float32)
   p = wangni_probabilities(x, K_TINY)
   sums = _run(C.rand_k_wangni(k=K_TINY), x, n_draws=400, batch=50,
