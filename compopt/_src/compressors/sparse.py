@@ -710,7 +710,7 @@ class RandKWangni(base.Compressor):
 
 @dataclasses.dataclass(frozen=True)
 class NuRand1(RandKWangni):
-  """Non-uniform Rand-1: one j with probability |x_j|/‖x‖₁, sent as x_j/p_j.
+  """Non-uniform Rand-1: one j with probability ``|x_j|/‖x‖₁``, sent as x_j/p_j.
 
   C(x) = sign(x_j)‖x‖₁ e_j; E C(x) = x and E‖C(x)‖² = ‖x‖₁² ≤ d‖x‖², so C is in
   U(d − 1). It is rand_k_wangni with k = 1 (no coordinate is clipped), drawn
@@ -724,7 +724,7 @@ class NuRand1(RandKWangni):
 
 def top_k(k: int | None = None, *, ratio: float | None = None,
           block_size: int | None = None) -> TopK:
-  """Top-K sparsifier: keeps the k coordinates of largest |x_j| in each leaf.
+  """Top-K sparsifier: keeps the k coordinates of largest ``|x_j|`` in each leaf.
 
   Class B(k/d) (contractive, biased): ‖C(x) − x‖² ≤ (1 − k/d)‖x‖².
   Wire: k values in x's dtype and k indices (uint8/uint16/int32).
@@ -807,7 +807,7 @@ def rand_k_wangni(k: int | None = None, *, ratio: float | None = None) -> RandKW
 
 def nu_rand_1() -> NuRand1:
   """Non-uniform Rand-1 (Horváth & Richtárik 2021, §5.5): one coordinate j
-  drawn with probability |x_j|/‖x‖₁ and sent as sign(x_j)‖x‖₁. Class U(d − 1).
+  drawn with probability ``|x_j|/‖x‖₁`` and sent as sign(x_j)‖x‖₁. Class U(d − 1).
   Wire: one value and one index per leaf.
   """
   return NuRand1()
