@@ -16,18 +16,21 @@ LAYERS = [
     # wire formats, the compressor interface, counters, samplings, drivers
     {"wire", "counters", "sampling", "parallel", "checkpoint", "compressors.rng",
      "compressors.fusion"},
-    {"compressors.base", "reshard"},
+    {"compressors.base", "reshard", "partition"},
     # concrete compressors and their tree constants
     {"compressors.tree", "compressors.sparse", "compressors.sign", "compressors.quantize",
-     "compressors.combine"},
+     "compressors.combine", "compressors.per_worker"},
     # exchange schemes and the theorems' constants
     {"schemes", "theory"},
-    # the communication layer
-    {"comm"},
+    # the communication layer, and the public signatures' types
+    {"comm", "typing"},
     # methods: the guard, then the families, then methods built on families
     {"methods.guard"},
     {"methods.dcsgd", "methods.error_feedback", "methods.shifted", "methods.accumulate"},
     {"methods.baselines", "methods.comp_ams", "methods.neolithic"},
+    # built on methods: the jitted data-parallel step, hyperparameter
+    # injection, iterate averaging
+    {"data_parallel", "hyperparams", "averaging"},
 ]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 CONCRETE_COMPRESSORS = {"compressors.sparse", "compressors.sign", "compressors.quantize",

@@ -22,7 +22,7 @@ collective. Methods never call a collective themselves: they call
   - compressors with a linear, shared payload (``linear_payload``: identity,
     ``rand_k(shared=True)``), under every scheme but ``two_phase``: the
     payloads themselves are all-reduced and decoded once;
-  - one compressor per worker (``combine.PerWorker``, a method given a list):
+  - one compressor per worker (``cper_worker.PerWorker``, a method given a list):
     worker i encodes with its own C_i, chosen by ``lax.switch`` on its axis
     index; all-gather and two_phase pad every worker's payload to the
     largest one (one buffer shape for the collective), allreduce sums the
@@ -68,7 +68,7 @@ from compopt._src import sampling as sampling_lib
 from compopt._src import schemes
 from compopt._src import wire
 from compopt._src.compressors import base as cbase
-from compopt._src.compressors import combine
+from compopt._src.compressors import per_worker as cper_worker
 from compopt._src.compressors import tree as ctree
 
 _log = logging.getLogger("compopt")
@@ -201,7 +201,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
 
   Args:
     compressor: a compopt compressor, or one per worker
-      (``combine.PerWorker``: worker i encodes with its own C_i, see
+      (``cper_worker.PerWorker``: worker i encodes with its own C_i, see
       :func:`_per_worker` for what crosses the wire).
     tree: this worker's pytree x_i (floating arrays).
     key: the step key, identical on every worker (uint32[2]).
@@ -218,7 +218,7 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   if not isinstance(scheme, schemes.Scheme):
     raise TypeError(f"{owner}: exchange needs a resolved scheme; got {scheme!r}")
   n, _ = axis_info(axis_name, owner)
-  if isinstance(compressor, combine.PerWorker):
+  if isinstance(compressor, cper_worker.PerWorker):
     compressor.check_workers(n, axis_name, owner)
     if len(compressor.groups) > 1:
       return _per_worker(compressor, tree, key, axis_name, sampling, scheme, state, owner,
@@ -493,7 +493,7 @@ def _worker_bits(member, i, bits_of_worker) -> jax.Array:
   return own if member is None else jnp.where(member, own, jnp.zeros_like(own))
 
 
-def _per_worker(pw: combine.PerWorker, tree, key, axis_name, sampling, scheme, state,
+def _per_worker(pw: cper_worker.PerWorker, tree, key, axis_name, sampling, scheme, state,
                 owner, return_own) -> Exchanged:
   """The exchange of worker i's C_i(x_i) when the workers' compressors differ.
 

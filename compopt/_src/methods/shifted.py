@@ -20,6 +20,7 @@ from compopt._src import schemes
 from compopt._src import theory
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
+from compopt._src.compressors import per_worker as cper_worker
 from compopt._src.compressors import tree as ctree
 from compopt._src.methods import guard
 from compopt._src.typing import CompressorArg
@@ -218,7 +219,7 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, initi
     raise ValueError(f"{owner}: `shift` must be one of {SHIFT_RULES}; got {shift!r}")
   # Q_i and C_i: one for all workers, or one per worker (a list).
   if _listed(compressor):
-    qs = combine.per_worker(compressor, owner, "compressor").compressors
+    qs = cper_worker.per_worker(compressor, owner, "compressor").compressors
     for i, q in enumerate(qs):
       if not q.unbiased:
         raise ValueError(
@@ -230,7 +231,7 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, initi
   if shift_compressor is None:
     cs = (None,)
   elif _listed(shift_compressor):
-    cs = combine.per_worker(shift_compressor, owner, "shift_compressor").compressors
+    cs = cper_worker.per_worker(shift_compressor, owner, "shift_compressor").compressors
   else:
     cs = (cbase.check_compressor(shift_compressor, owner, "shift_compressor"),)
   if shift_compressor is not None and shift not in ("star", "diana"):
@@ -268,7 +269,7 @@ def _shifted_compression(compressor, *, shift, shift_compressor, alpha, p, initi
   # What worker i sends for g_i − h_i: Q_i, or C_i + Q_i(· − C_i) (footnote 1).
   messages = tuple(q if c is None else combine.induced(c, q) for q, c in zip(qs, cs))
   if _listed(compressor) or _listed(shift_compressor):  # one per worker
-    message = combine.PerWorker(messages, name="compressor" if _listed(compressor)
+    message = cper_worker.PerWorker(messages, name="compressor" if _listed(compressor)
                                 else "shift_compressor")
   else:
     message = messages[0]
