@@ -15,6 +15,7 @@ from compopt._src import sampling as sampling_lib
 from compopt._src import schemes
 from compopt._src.compressors import base as cbase
 from compopt._src.compressors import combine
+from compopt._src.compressors import per_worker as cper_worker
 from compopt._src.methods import guard
 from compopt._src.typing import CompressorArg
 from compopt._src.typing import SamplingArg
@@ -86,7 +87,7 @@ def _compressed_mean(compressor, *, axis_name, sampling, key, scheme, owner):
   """:func:`compressed_mean`, reporting errors as ``owner``."""
   checks.check_axis_name(axis_name, owner)
   if isinstance(compressor, (list, tuple)):  # C_i, one per worker
-    compressor = combine.per_worker(compressor, owner)
+    compressor = cper_worker.per_worker(compressor, owner)
     if axis_name is None and len(compressor.compressors) != 1:
       raise ValueError(
           f"{owner}: `compressor` lists {len(compressor.compressors)} entries, one per "
