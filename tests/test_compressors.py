@@ -73,8 +73,23 @@ SPARSE = {"top_k", "rand_k", "rand_k_shared", "rand_k_wangni", "nu_rand_1"}
 SIGNS = {"sign", "scaled_sign", "block_sign"}
 
 
+# The generic checks (wire, vmap, jit, keys, dtypes) compile each compressor;
+# these two share rand_k_wangni's systematic sampling, whose exact integer
+# form compiles slowly: rand_k_wangni stands for the three by default, all
+# run under -m slow (their own statistical tests run by default).
+SAMPLING_FAMILY_SLOW = ("induced_top_wangni", "nu_rand_1")
+
+
 def _params(names):
-  return [pytest.param(COMPRESSORS[n], id=n) for n in names]
+  return [pytest.param(COMPRESSORS[n], id=n,
+                       marks=pytest.mark.slow if n in SAMPLING_FAMILY_SLOW else ())
+          for n in names]
+
+
+def _names(names):
+  """:func:`_params` for tests that take the compressor's name."""
+  return [pytest.param(n, id=n, marks=pytest.mark.slow if n in SAMPLING_FAMILY_SLOW else ())
+          for n in names]
 
 
 def _rng(seed=0):
@@ -889,7 +904,7 @@ def _x64():
   return enable_x64()
 
 
-@pytest.mark.parametrize("c", [pytest.param(COMPRESSORS[n], id=n) for n in NAMES])
+@pytest.mark.parametrize("c", _params(NAMES))
 def test_float64(c):
   with _x64():
     x = jnp.asarray(_rng(12).standard_normal((3, 7)) + 1e-12, jnp.float64)
@@ -1022,7 +1037,7 @@ def test_non_finite_input_is_not_hidden_under_jit_vmap(name, bad):
 RTOL_JIT, ATOL_JIT = 2e-5, 1e-6
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names(NAMES))
 def test_jit_vmap_over_keys_matches_eager(name):
   """The jitted vmap over keys used by the Monte Carlo tests (dense output and
   payload) equals the eager, unbatched call with the same key."""
@@ -1063,7 +1078,7 @@ def test_jit_traces_once():
     f(jax.random.key(s), jnp.asarray(VECTORS["normal"]) * s)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names(NAMES))
 def test_vmap_over_inputs(name):
   c = COMPRESSORS[name]
   x = VECTORS["normal"]

@@ -308,6 +308,7 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, compile_cache, mo
   assert steps == sorted(steps) and steps[-1] == 6
 
 
+@pytest.mark.slow  # the rules: tests/test_checkpoint.py (reshard_ef_keeps_the_virtual_iterate)
 def test_resume_on_another_number_of_workers(tmp_path):
   # 4 workers stop at step 3; the run resumes on 2 (compopt.reshard_state)
   halted = tiny_config(num_steps=6, halt_after_steps=3)
