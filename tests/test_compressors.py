@@ -300,7 +300,8 @@ WANGNI_X = np.array([10.0, -8.0, 0.1, 0.2, -0.3, 0.4, 0.5, 0.0, 0.7, -0.05, 3.0,
                      0.0, 1.5, -0.01, 0.02, 0.03, -0.6, 0.0, 0.9, 0.15], np.float32)
 
 
-@pytest.mark.parametrize("k", [4, 17])  # k = 1 is nu_rand_1's test
+# k = 1 is nu_rand_1's test; k = 17 (another compile of the sampling) is slow
+@pytest.mark.parametrize("k", [4, pytest.param(17, marks=pytest.mark.slow)])
 def test_rand_k_wangni_structure(k):
   x = WANGNI_X
   p = ref.wangni_probabilities(x, k)
@@ -721,7 +722,8 @@ def dtype_bits(dtype):
 @pytest.mark.parametrize("d,idx_dtype", [(256, np.uint8), (257, np.uint16),
                                          (65536, np.uint16), (65537, np.int32)])
 @pytest.mark.parametrize("factory", [lambda: C.top_k(k=1), lambda: C.rand_k(k=1),
-                                     lambda: C.rand_k_wangni(k=1), C.nu_rand_1],
+                                     lambda: C.rand_k_wangni(k=1),
+                                     pytest.param(C.nu_rand_1, marks=pytest.mark.slow)],
                          ids=["top_k", "rand_k", "rand_k_wangni", "nu_rand_1"])
 def test_index_dtype_by_leaf_size(factory, d, idx_dtype):
   c = factory()
