@@ -121,7 +121,7 @@ def to_int(pair) -> Any:
   return [int(v) for v in values.reshape(-1)]
 
 
-def _unwrap(value):
+def unwrap(value):
   """The array inside a Flax NNX ``Variable`` (``OptArray``, ``OptVariable``),
   or ``value`` itself."""
   get = getattr(value, "get_value", None)
@@ -140,7 +140,7 @@ def _find_in_mappings(node, cls: type, out: list) -> None:
   if isinstance(node, collections.abc.Mapping):
     keys = set(node.keys())
     if keys and keys <= set(cls._fields) and len(keys) >= min(2, len(cls._fields)):
-      out.append(cls(**{f: _unwrap(node[f]) if f in node else None for f in cls._fields}))
+      out.append(cls(**{f: unwrap(node[f]) if f in node else None for f in cls._fields}))
       return
     children = node.values()
   elif isinstance(node, (tuple, list)):

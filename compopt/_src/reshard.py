@@ -101,14 +101,6 @@ def _bits(counter, n_new):
   return counters.CommBits(*(redistribute(field) for field in counter))
 
 
-def _unwrap(value):
-  """The value inside a Flax NNX ``Variable`` (``OptArray``), or ``value``."""
-  get = getattr(value, "get_value", None)
-  if callable(get) and not hasattr(value, "shape"):
-    return get()
-  return value
-
-
 def _state_type_of(mapping):
   """The registered NamedTuple state (or :class:`CommBits`) that ``mapping``
   stores by its field names, as a Flax ``nnx.State`` does (leaving out fields
@@ -159,7 +151,7 @@ def _walk(node, n_new, path):
   if isinstance(node, collections.abc.Mapping):
     cls = _state_type_of(node)
     if cls is not None:  # a NamedTuple state stored as a mapping (Flax nnx.State)
-      fields = {f: (_unwrap(node[f]) if f in node else None) for f in cls._fields}
+      fields = {f: (counters.unwrap(node[f]) if f in node else None) for f in cls._fields}
       walked = _walk(cls(**fields), n_new, path)
       return _rebuild(node, {k: getattr(walked, k) for k in node.keys()})
     return _rebuild(node, {k: _walk(v, n_new, f"{path}[{k!r}]") for k, v in node.items()})
