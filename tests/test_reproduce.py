@@ -10,7 +10,11 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+import compopt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png",
@@ -53,3 +57,25 @@ def test_reproduce_one_experiment(tmp_path):
   _, rows = _reproduce(tmp_path, "top1")
   assert (tmp_path / "top1_counterexample.png").stat().st_size > 1000
   assert len(rows) == 4 and all(r.startswith("| Horváth & Richtárik 2021 §5.5") for r in rows)
+
+
+def test_simulate_stops_where_stop_fn_says():
+  """common.simulate's stop_fn ends the run at the first chunk end it accepts,
+  and every returned series ends there."""
+  from benchmarks.reproduce import common  # pylint: disable=import-outside-toplevel
+
+  def grad_fn(x, key, i, t):
+    del key, i, t
+    return x                     # f = ½‖x‖²: x_t = (1 − γ)^t x₀
+
+  def eval_fn(p):
+    return {"f": 0.5 * np.sum(np.asarray(p) ** 2, axis=-1)}
+
+  x0 = jnp.ones(2)
+  r = common.simulate(lambda s: compopt.psgd(0.1, axis_name=common.AXIS), x0, grad_fn, n=1,
+                      steps=40, chunks=20, eval_fn=eval_fn,
+                      stop_fn=lambda e: bool(np.all(e["f"] <= 0.5)))
+  # ‖x_t‖²/2 = 0.9^{2t} ≤ 0.5 first at t = 4, a chunk end (chunks of 2 steps)
+  assert r["chunk_steps"].tolist() == [0, 2, 4]
+  assert len(r["evals"]) == 3 and r["uplink"].shape == (1, 3)
+  np.testing.assert_allclose(r["evals"][-1]["f"], 0.9 ** 8, rtol=1e-5)

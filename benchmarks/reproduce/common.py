@@ -79,7 +79,8 @@ def stack_seeds(trees: Sequence[Any]):
 def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_fn: Callable,
              *, n: int, steps: int, seeds: Sequence[int] = (0,), chunks: int = 20,
              trace_fn: Callable | None = None, eval_fn: Callable | None = None,
-             progress: Progress | None = None, aux=None, post_fn: Callable | None = None):
+             progress: Progress | None = None, aux=None, post_fn: Callable | None = None,
+             stop_fn: Callable | None = None):
   """Runs ``steps`` steps of the method ``make_opt(seed)`` on ``n`` simulated
   workers, for every seed at once (vmap over seeds, vmap over workers).
 
@@ -98,6 +99,8 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
       method here is the same as scaling its learning rate).
     post_fn: params -> params applied after every update (e.g. a projection
       onto a constraint set).
+    stop_fn: eval_fn's output -> bool, checked at the end of every chunk;
+      True ends the run there (the remaining chunks are not run).
 
   Returns:
     dict with ``trace`` ({name: array (seeds, steps + 1)}), ``chunk_steps``
@@ -105,7 +108,8 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
     a worker's compressed messages, ``comm_bits(...).payload``: what the
     papers count as a worker's uplink) and ``downlink`` (bits received), per
     worker, averaged over workers, arrays (seeds, chunks + 1),
-    ``evals`` (list over chunk ends of eval_fn outputs) and ``params`` (final).
+    ``evals`` (list over chunk ends of eval_fn outputs) and ``params`` (final);
+    with ``stop_fn``, all of them end at the chunk where it returned True.
   """
   seeds = list(seeds)
   opt = make_opt(seeds[0])
@@ -159,6 +163,7 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
       evals.append(eval_fn(jax.tree.map(lambda a: np.asarray(a[:, 0]), params)))
 
   record()
+  done = [0]
   for a, b in zip(bounds[:-1], bounds[1:]):
     if b == a:
       continue
@@ -167,11 +172,14 @@ def simulate(make_opt: Callable[[int], optax.GradientTransformation], x0, grad_f
       for k, v in out.items():
         trace[k].append(np.asarray(v))
     record()
+    done.append(b)
     if progress:
       progress.update(1)
+    if stop_fn and stop_fn(evals[-1]):
+      break
   return {
       "trace": {k: np.concatenate(v, axis=1) for k, v in trace.items()} if trace else {},
-      "chunk_steps": np.concatenate([[0], bounds[1:][bounds[1:] != bounds[:-1]]]),
+      "chunk_steps": np.asarray(done),
       "uplink": np.stack(up, 1), "downlink": np.stack(down, 1),
       "evals": evals,
       "params": jax.tree.map(lambda a: np.asarray(a[:, 0]), params),
