@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -57,6 +58,22 @@ def test_reproduce_one_experiment(tmp_path):
   _, rows = _reproduce(tmp_path, "top1")
   assert (tmp_path / "top1_counterexample.png").stat().st_size > 1000
   assert len(rows) == 4 and all(r.startswith("| Horváth & Richtárik 2021 §5.5") for r in rows)
+
+
+def test_cnn_patch_convolutions_match_lax_conv():
+  """The CNN of the linear-speedup study: its training path (convolutions as
+  products over 3×3 patches) computes what lax.conv computes, and it has the
+  shapes of the 32-64 conv, 9216-128-10 FC network."""
+  from benchmarks.reproduce import mnist_cnn  # pylint: disable=import-outside-toplevel
+  p = mnist_cnn.init(jax.random.key(0))
+  assert mnist_cnn.num_params() == 320 + 18_496 + 1_179_776 + 1_290
+  x = jax.random.normal(jax.random.key(1), (3, 784))
+  a = mnist_cnn.logits(p, x)
+  b = mnist_cnn.logits(p, x, patches=False)
+  assert a.shape == (3, 10)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # dropout is on only with a key, and then changes the output
+  assert not np.allclose(mnist_cnn.logits(p, x, jax.random.key(2)), a, atol=1e-3)
 
 
 def test_simulate_stops_where_stop_fn_says():
