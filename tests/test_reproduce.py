@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import compopt
+from compopt import compressors as C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("top1_counterexample.png", "neolithic_lsq.png", "rand_diana_ridge.png", "ef_signsgd.png",
@@ -51,6 +52,13 @@ def test_reproduce_fast(tmp_path):
   for name in FIGURES:
     assert (tmp_path / name).stat().st_size > 1000, name
   assert len(rows) >= 10
+  # COMP-AMS §5.1 runs one worker (no axis): its bits are the compressor's
+  # payload on the MLP's leaves, not the 0 that an axis-less comm_bits gives.
+  from benchmarks.reproduce import mnist_mlp  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(mnist_mlp.init, jax.random.key(0))
+  want = C.tree_wire_bits(C.top_k(ratio=0.01), shapes)
+  assert want > 0
+  assert f"TopK-EF-0.01 {want:.3g}," in (tmp_path / "results.md").read_text()
 
 
 def test_reproduce_one_experiment(tmp_path):
