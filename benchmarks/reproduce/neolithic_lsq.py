@@ -134,7 +134,15 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
           "Finding: with a constant step tuned on the shared grid, every compressed method "
           "tracks P-SGD down to its noise floor; NEOLITHIC, one update per R = 4 rounds, is slower "
           "in the transient and reaches a similar (sometimes lower) floor later. We do not see "
-          "NEOLITHIC clearly ahead of MEM-SGD. All: " + summary + "; best γ: " + ", ".join(f"{k} {v[0]}" for k, v in best.items())),
+          "NEOLITHIC clearly ahead of MEM-SGD. All: " + summary + "; best γ: " + ", ".join(f"{k} {v[0]}" for k, v in best.items())
+          + ". We would need the setting of Fig. 1 left, which is in the paper's Appendix C (not "
+          "in our copy): how the A_i and b_i are drawn (and how much the workers' optima "
+          "differ), the gradient noise (rows per query), x⁰, the horizon, and each method's step "
+          f"size or grid. We tried the data above ({len(data_seeds)} data seeds), {BATCH} row per "
+          f"query, x⁰ = 0, {T} rounds, and for each method every constant γ of {GAMMAS}; "
+          "final error per γ: " + "; ".join(
+              f"{k} " + ", ".join(f"{g}: {e:.2e}" for g, e in v[2].items())
+              for k, v in best.items() if k != "P-SGD") + "."),
       Row("Huang et al. 2022 §5 NEOLITHIC vs P-SGD", "NEOLITHIC performs close to (uncompressed) P-SGD",
           f"final error ratio NEOLITHIC / P-SGD (close: ≤ {CLOSE})",
           f"{fin['NEOLITHIC'] / fin['P-SGD']:.2f}", check(fin["NEOLITHIC"] <= CLOSE * fin["P-SGD"]),
