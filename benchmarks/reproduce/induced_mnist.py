@@ -206,7 +206,13 @@ def run(out_dir: str, fast: bool = False) -> list[Row]:
         "the induced compressor Top-K/2 + Rand-K/2 (Wangni), no EF, is competitive with Top-K + EF",
         f"final training loss after {T} it., induced vs Top-K + EF (pass: ≤ {TOL_COMPETITIVE}×)",
         f"{ind:.4f} vs {tef:.4f} (ratio {ind / tef:.2f})", check_(ind <= TOL_COMPETITIVE * tef),
-        f"Test accuracy: " + ", ".join(f"{k} {acc(b[k]):.3f}" for k in b) + "."))
+        f"Test accuracy: " + ", ".join(f"{k} {acc(b[k]):.3f}" for k in b) + ". Where we depart "
+        f"from the paper's setting: one γ = {LR} for every method (it tunes γ ∈ {{1, 0.5, 0.1}} "
+        f"per method on a validation split), {T} iterations (it trains for epochs), one seed "
+        "(it averages 5)"
+        + (f"; momentum {MOMENTUM}: DCSGD's heavy ball on the aggregate, for EF a per-worker "
+           "optax.trace before EF-SGD (the paper does not say where its momentum sits)"
+           if g == "c" else "") + "."))
     if "Rand-K (Wangni)" in losses:
       w = losses["Rand-K (Wangni)"]
       rows.append(Row(
