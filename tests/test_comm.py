@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+import _compiled
 import compopt
 from compopt import compressors as C
 from benchmarks.perf import hlo
@@ -161,18 +160,9 @@ def test_shared_rand_k_is_one_mask_for_all_workers():
 
 
 def step_hlo(opt, tree, n=8):
-  """Compiled HLO text of one shard_map step of ``opt`` on ``tree`` (shapes only)."""
-  mesh = jax.make_mesh((n,), (AXIS,))
-  sharding = NamedSharding(mesh, P(AXIS))
+  return _compiled.step_hlo(opt, tree, n, AXIS)
 
-  def stacked(x):
-    return jax.ShapeDtypeStruct((n,) + x.shape, x.dtype, sharding=sharding)
 
-  state = jax.tree.map(stacked, jax.eval_shape(opt.init, tree))
-  grads = jax.tree.map(stacked, tree)
-  step = jax.jit(jax.shard_map(compopt.parallel.per_worker(lambda g, s: opt.update(g, s)),
-                               mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
-  return step.lower(grads, state).compile().as_text()
 
 
 _MILLION = {  # 1,000,448 float32 parameters in a few layers

@@ -21,6 +21,7 @@ import pytest
 
 from compopt import compressors as C
 
+import _compiled
 import _reference as ref
 
 KEY = jax.random.key(0)
@@ -894,21 +895,9 @@ def test_keeps_shape_and_dtype(c, dtype):
   chex.assert_tree_all_finite(y)
 
 
-def _x64():
-  """float64 on: ``jax.enable_x64`` (a context manager in jax 0.10), else the
-  older ``jax.experimental.enable_x64``, else skip."""
-  if hasattr(jax, "enable_x64"):
-    return jax.enable_x64(True)
-  try:
-    from jax.experimental import enable_x64
-  except ImportError:
-    pytest.skip("this jax has no enable_x64 context manager")
-  return enable_x64()
-
-
 @pytest.mark.parametrize("c", _params(NAMES))
 def test_float64(c):
-  with _x64():
+  with _compiled.x64():
     x = jnp.asarray(_rng(12).standard_normal((3, 7)) + 1e-12, jnp.float64)
     y = c(jax.random.key(2), x)
     chex.assert_shape(y, (3, 7))
@@ -920,7 +909,7 @@ def test_float64(c):
 
 
 def test_float64_is_computed_in_float64():
-  with _x64():
+  with _compiled.x64():
     # |x_0| < |x_1| only in float64 (both round to 1 in float32)
     x = jnp.asarray([1.0 + 2.0**-40, -(1.0 + 2.0**-39), 3.0], jnp.float64)
     xn = np.asarray(x)

@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+import _compiled
 import compopt
 from benchmarks.perf import hlo
 from compopt import compressors as C
@@ -167,25 +166,11 @@ def test_wrapper_under_shard_map_with_a_collective_inside():
   assert compopt.skipped_steps(state) == [1] * N
 
 
-def _step_hlo(opt, tree):
-  mesh = jax.make_mesh((N,), (AXIS,))
-  sharding = NamedSharding(mesh, P(AXIS))
-
-  def stacked(x):
-    return jax.ShapeDtypeStruct((N,) + x.shape, x.dtype, sharding=sharding)
-
-  state = jax.tree.map(stacked, jax.eval_shape(opt.init, tree))
-  grads = jax.tree.map(stacked, tree)
-  step = jax.jit(jax.shard_map(compopt.parallel.per_worker(lambda g, s: opt.update(g, s)),
-                               mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
-  return step.lower(grads, state).compile().as_text()
-
-
 def test_the_guard_costs_one_four_byte_all_reduce():
   tree = {"a": jax.ShapeDtypeStruct((100,), jnp.float32)}
-  off = hlo.collective_bytes(_step_hlo(
-      compopt.ef_sgd(0.1, compressor=C.top_k(5), axis_name=AXIS, skip_nonfinite=False), tree))
-  on = hlo.collective_bytes(_step_hlo(
-      compopt.ef_sgd(0.1, compressor=C.top_k(5), axis_name=AXIS), tree))
+  off = hlo.collective_bytes(_compiled.step_hlo(
+      compopt.ef_sgd(0.1, compressor=C.top_k(5), axis_name=AXIS, skip_nonfinite=False), tree, N, AXIS))
+  on = hlo.collective_bytes(_compiled.step_hlo(
+      compopt.ef_sgd(0.1, compressor=C.top_k(5), axis_name=AXIS), tree, N, AXIS))
   assert on["all-gather"] == off["all-gather"]
   assert on.get("all-reduce", 0) - off.get("all-reduce", 0) == 4

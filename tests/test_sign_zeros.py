@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+import _compiled
 import compopt
 from benchmarks.perf import hlo
 from compopt import compressors as C
@@ -244,21 +243,9 @@ def test_sign_keep_is_exact_on_a_large_leaf_and_under_vmap():
   np.testing.assert_array_equal(np.asarray(yr, np.float64), np.sign(rows))
 
 
-def _x64():
-  """float64 on: ``jax.enable_x64`` (a context manager in jax 0.10), else the
-  older ``jax.experimental.enable_x64``, else skip."""
-  if hasattr(jax, "enable_x64"):
-    return jax.enable_x64(True)
-  try:
-    from jax.experimental import enable_x64
-  except ImportError:
-    pytest.skip("this jax has no enable_x64 context manager")
-  return enable_x64()
-
-
 @pytest.mark.slow
 def test_sign_keep_in_float64():
-  with _x64():
+  with _compiled.x64():
     x = _tricky(jnp.float32)
     x[:3] = [5e-324, -5e-324, 1e300]
     c = C.sign(zeros="keep")
@@ -380,21 +367,6 @@ def test_decode_sum_adds_the_decoded_signs():
   np.testing.assert_allclose(np.asarray(run(jnp.asarray(xs))), want, rtol=1e-5, atol=1e-6)
 
 
-def _step_hlo(opt, tree, n=4):
-  """Compiled HLO of one shard_map step of ``opt`` on n devices."""
-  mesh = jax.make_mesh((n,), (AXIS,))
-  sharding = NamedSharding(mesh, P(AXIS))
-
-  def stacked(x):
-    return jax.ShapeDtypeStruct((n,) + x.shape, x.dtype, sharding=sharding)
-
-  state = jax.tree.map(stacked, jax.eval_shape(opt.init, tree))
-  grads = jax.tree.map(stacked, tree)
-  step = jax.jit(jax.shard_map(compopt.parallel.per_worker(lambda g, s: opt.update(g, s)),
-                               mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
-  return step.lower(grads, state).compile().as_text()
-
-
 HLO_TREE = {"emb": jax.ShapeDtypeStruct((1000, 16), jnp.float32),
             "b": jax.ShapeDtypeStruct((7,), jnp.bfloat16)}
 
@@ -410,7 +382,7 @@ def test_collective_bytes_equal_wire_bits(name, zeros):
                   C.sign(zeros)),
       "ef_signsgd": (compopt.ef_signsgd(0.1, axis_name=AXIS, zeros=zeros,
                                         skip_nonfinite=False), C.scaled_sign(zeros))}[name]
-  per_kind = hlo.collective_bytes(_step_hlo(opt, HLO_TREE))
+  per_kind = hlo.collective_bytes(_compiled.step_hlo(opt, HLO_TREE, 4, AXIS))
   assert per_kind == {"all-gather": C.tree_wire_bits(c, HLO_TREE) // 8}
   # 16,000 and 7 codes, and a float32 scale per leaf
   signs = 3200 + 2 if zeros == "keep" else 2000 + 1
