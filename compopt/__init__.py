@@ -38,6 +38,7 @@ from compopt._src.methods.error_feedback import ef21_estimator
 from compopt._src.methods.error_feedback import ef_sgd
 from compopt._src.methods.error_feedback import ef_signsgd
 from compopt._src.methods.error_feedback import error_feedback
+from compopt._src.methods.error_feedback import onebit_sgd
 from compopt._src.methods.comp_ams import ScaleByCompAmsState
 from compopt._src.methods.comp_ams import comp_ams
 from compopt._src.methods.comp_ams import scale_by_comp_ams
@@ -99,6 +100,7 @@ __all__ = (
     "iterate_average",
     "majority_vote",
     "neolithic",
+    "onebit_sgd",
     "parallel",
     "partition_by_size",
     "psgd",

@@ -15,11 +15,13 @@ E‖C(x) − x‖² ≤ ω‖x‖²; contractive B(δ), E‖C(x) − x‖² ≤ 
 """
 
 from compopt._src.compressors.base import Compressor
+from compopt._src.compressors.cast import cast
 from compopt._src.compressors.combine import bernoulli
 from compopt._src.compressors.combine import fcc
 from compopt._src.compressors.combine import identity
 from compopt._src.compressors.combine import induced
 from compopt._src.compressors.combine import scaled
+from compopt._src.compressors.onebit import onebit
 from compopt._src.compressors.quantize import natural
 from compopt._src.compressors.quantize import natural_dithering
 from compopt._src.compressors.quantize import qsgd
@@ -32,6 +34,7 @@ from compopt._src.compressors.sparse import nu_rand_1
 from compopt._src.compressors.sparse import rand_k
 from compopt._src.compressors.sparse import rand_k_wangni
 from compopt._src.compressors.sparse import top_k
+from compopt._src.compressors.threshold import threshold
 from compopt._src.compressors.tree import tree_delta
 from compopt._src.compressors.tree import tree_omega
 from compopt._src.compressors.tree import tree_wire_bits
@@ -40,12 +43,14 @@ __all__ = (
     "Compressor",
     "bernoulli",
     "block_sign",
+    "cast",
     "fcc",
     "identity",
     "induced",
     "natural",
     "natural_dithering",
     "nu_rand_1",
+    "onebit",
     "qsgd",
     "rand_k",
     "rand_k_wangni",
@@ -54,6 +59,7 @@ __all__ = (
     "scaled_sign",
     "sign",
     "terngrad",
+    "threshold",
     "top_k",
     "tree_delta",
     "tree_omega",

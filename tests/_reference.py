@@ -168,3 +168,44 @@ def packbits(bits) -> np.ndarray:
 def bit_planes(codes, nbits) -> np.ndarray:
   codes = np.asarray(codes, np.uint32)
   return np.stack([np.packbits(((codes >> b) & 1).astype(bool)) for b in range(nbits)])
+
+
+# ------------------------------------------------ casts, 1-bit SGD, threshold
+def cast(x: np.ndarray, np_dtype, scale: bool, headroom: int = 1) -> np.ndarray:
+  """x rounded to ``np_dtype`` (a NumPy/ml_dtypes type); with ``scale``, x·2^s
+  rounded and multiplied back, s = T − e with max|x| in [2^(e−1), 2^e), 2^T
+  half the dtype's range, less ceil(log2 headroom) for a sum of that many."""
+  x = np.asarray(x, np.float64)
+  if not scale:
+    with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as a cast does
+      return x.astype(np.float32).astype(np_dtype).astype(np.float64)
+  info = np.finfo(np_dtype)
+  amax = np.max(np.abs(x)) if x.size else 0.0
+  e = int(np.frexp(amax)[1]) if np.isfinite(amax) and amax > 0 else 0
+  t = int(np.log2(float(info.max))) - math.ceil(math.log2(headroom))
+  s = t - e
+  return np.ldexp(np.ldexp(x, s).astype(np.float32).astype(np_dtype).astype(np.float64), -s)
+
+
+def onebit(x: np.ndarray) -> np.ndarray:
+  """Seide et al. 2014: per column (last axis of a 2-D+ array, else the whole
+  array), x_j >= 0 -> mean of the column's x >= 0, x_j < 0 -> mean of its x < 0."""
+  x = np.asarray(x, np.float64)
+  cols = x.shape[-1] if x.ndim >= 2 else 1
+  m = x.reshape(-1, cols)
+  out = np.zeros_like(m)
+  for c in range(cols):
+    col = m[:, c]
+    neg = col < 0
+    if neg.any():
+      out[neg, c] = col[neg].mean()
+    if (~neg).any():
+      out[~neg, c] = col[~neg].mean()
+  return out.reshape(x.shape)
+
+
+def threshold_all(x: np.ndarray, tau: float, quantize: bool) -> np.ndarray:
+  """Strom 2015 without a bound: tau·sign(x_j) (or x_j) where |x_j| > tau."""
+  x = np.asarray(x, np.float64)
+  above = np.abs(x) > tau
+  return np.where(above, np.sign(x) * tau if quantize else x, 0.0)

@@ -55,6 +55,13 @@ METHODS = {
                                                         b2=0.9375, optax_amsgrad=True)),
     "comp_ams_block_sign_keep": (compopt.comp_ams, lambda n: dict(
         compressor=C.block_sign(3, zeros="keep"), b1=0.75, b2=0.9375)),
+    # The compressors of other systems: a float16 cast (summed in float16 by
+    # one all-reduce), Strom's threshold with error feedback, 1-bit SGD.
+    "dcsgd_cast_float16": (compopt.dcsgd, lambda n: dict(
+        compressor=C.cast("float16", scale=True), momentum=0.9)),
+    "ef_sgd_threshold": (compopt.ef_sgd, lambda n: dict(
+        compressor=C.threshold(0.01, max_count=3), key=7)),
+    "onebit_sgd": (compopt.onebit_sgd, lambda n: dict(momentum=0.9)),
     "neolithic": (compopt.neolithic, lambda n: dict(
         compressor=C.scaled(C.rand_k(1), 0.2), rounds=2, server_compressor=C.top_k(2))),
 }

@@ -55,9 +55,15 @@ COMPRESSORS = {
     "induced_top_rand_shared": C.induced(C.top_k(ratio=0.125),
                                          C.rand_k(ratio=0.25, shared=True)),
     "scaled_natural": C.scaled(C.natural(), 1 / (1 + 1 / 8)),
+    "cast_float16": C.cast("float16"),
+    "cast_bfloat16_scaled": C.cast("bfloat16", scale=True),
+    "onebit": C.onebit(),
+    "threshold": C.threshold(0.5, ratio=0.25),
+    "threshold_exact": C.threshold(0.5, max_count=4, quantize=False),
 }
 NAMES = list(COMPRESSORS)
-DETERMINISTIC = {"identity", "top_k", "sign", "scaled_sign", "block_sign"}
+DETERMINISTIC = {"identity", "top_k", "sign", "scaled_sign", "block_sign", "cast_float16",
+                 "cast_bfloat16_scaled", "onebit"}
 UNBIASED = [
     "rand_k", "rand_k_shared", "rand_k_wangni", "nu_rand_1", "natural",
     "natural_dithering", "natural_dithering_inf", "random_dithering",
@@ -70,7 +76,8 @@ DITHERING = {
     "random_dithering": (4, 2, False), "random_dithering_inf": (4, math.inf, False),
     "qsgd": (2, 2, False), "terngrad": (1, math.inf, False),
 }
-SPARSE = {"top_k", "rand_k", "rand_k_shared", "rand_k_wangni", "nu_rand_1"}
+SPARSE = {"top_k", "rand_k", "rand_k_shared", "rand_k_wangni", "nu_rand_1", "threshold",
+          "threshold_exact"}
 SIGNS = {"sign", "scaled_sign", "block_sign"}
 
 
@@ -708,7 +715,10 @@ def test_wire_roundtrip_through_bytes(c, d, dtype):
   if c.name in SPARSE:
     assert payload["indices" if "indices" in payload else "values"].dtype == (
         np.uint8 if d <= 256 else np.uint16) or c.decode_needs_key
-  if c.name not in ("identity", "bernoulli"):
+  if c.name == "cast":  # the dense leaf in a dtype no wider than the leaf's
+    assert payload["values"].size == d
+    assert payload["values"].dtype.itemsize <= np.dtype(dtype).itemsize
+  elif c.name not in ("identity", "bernoulli"):
     # really compressed: no floating-point array of the leaf's size on the wire
     for a in jax.tree.leaves(payload):
       if jnp.issubdtype(a.dtype, jnp.floating):

@@ -19,6 +19,9 @@ collective. Methods never call a collective themselves: they call
   - ``two_phase``: chunk payloads go to their owners by an all-to-all; each
     owner averages its chunk (and may re-compress it with its own error
     feedback) and the chunks are all-gathered;
+  - ``cast`` to float16/bfloat16 (``low_precision_sum``), under every scheme
+    but ``two_phase``: ONE all-reduce of the rounded w_i·x_i in that dtype
+    (with ``scale``, after an all-reduce max of one int16 exponent per leaf);
   - compressors with a linear, shared payload (``linear_payload``: identity,
     ``rand_k(shared=True)``), under every scheme but ``two_phase``: the
     payloads themselves are all-reduced and decoded once;
@@ -227,6 +230,9 @@ def exchange(compressor: cbase.Compressor, tree, key, axis_name, *,
   if axis_name is not None and isinstance(scheme, schemes.TwoPhase):
     return _two_phase(compressor, tree, key, axis_name, sampling, scheme, state, owner,
                       return_own)
+  if compressor.low_precision_sum:
+    out = _low_precision_sum(compressor, tree, axis_name, sampling, key, owner, return_own)
+    return out._replace(state=state)
   if compressor.linear_payload:
     out = _linear(compressor, tree, key, axis_name, sampling, owner, return_own)
     return out._replace(state=state)
@@ -289,6 +295,46 @@ def _linear(compressor, tree, key, axis_name, sampling, owner, return_own):
   mean = [d / n for d in decoded]
   return Exchanged(treedef.unflatten(mean),
                    treedef.unflatten(own) if return_own else None, sent, None)
+
+
+def _low_precision_sum(compressor, tree, axis_name, sampling, key, owner, return_own):
+  """ONE all-reduce of C(w_i x_i) in the compressor's low dtype (``cast`` to
+  float16/bfloat16), as PyTorch DDP's fp16/bf16 hooks: each worker rounds
+  w_i·x_i (w_i = 1/n, or 1/(n p_i) for a sampled member, 0 for the others)
+  and the workers add the rounded values in that dtype. With ``scale`` the
+  workers first agree on each leaf's exponent (ONE all-reduce max of int16
+  exponents, the ``exponent`` field of the payload) and keep a factor n of
+  headroom, so the sum stays in range."""
+  n, i = axis_info(axis_name, owner)
+  _, sample_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(tree)
+  member, weights = _weights(sampling, sample_key, n, i, owner, _weight_dtype(leaves))
+  w = weights[i]
+  scaled = [l.astype(wide_dtype(l.dtype)) * w.astype(wide_dtype(l.dtype)) for l in leaves]
+  shifts = [None] * len(leaves)
+  bits = 0
+  if compressor.scale:
+    exps = jnp.stack([compressor.exponent(v) for v in scaled]) if leaves else None
+    if axis_name is not None and leaves:
+      exps = lax.pmax(exps, axis_name)
+    shifts = [compressor.shift(exps[j], headroom=n) for j in range(len(leaves))]
+    bits += wire.dtype_bits(exps.dtype) * len(leaves) if leaves else 0
+  values = [compressor.to_wire(v, s) for v, s in zip(scaled, shifts)]
+  bits += sum(wire.dtype_bits(v.dtype) * v.size for v in values)
+  if axis_name is None:
+    summed, sent = values, counters.zero_bits()
+  else:
+    summed = _psum_packed(values, axis_name) if values else []
+    sent = _moved(_ring_bits(n, bits), _own_payload(member, bits))
+  mean = [compressor.from_wire(v, s, l.dtype)
+          for v, s, l in zip(summed, shifts, leaves)]
+  own = None
+  if return_own:  # C(x_i): the value this worker added, divided by its weight
+    own = [jnp.where(w > 0, compressor.from_wire(v, s, l.dtype) / w.astype(wide_dtype(l.dtype)),
+                     compressor(None, l).astype(wide_dtype(l.dtype))).astype(l.dtype)
+           for v, s, l in zip(values, shifts, leaves)]
+    own = treedef.unflatten(own)
+  return Exchanged(treedef.unflatten(mean), own, sent, None)
 
 
 def _allgather(compressor, tree, key, axis_name, sampling, owner, return_own):

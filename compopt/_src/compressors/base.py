@@ -13,7 +13,7 @@ immutable object with:
   unbiased compressors, B(δ) for contractive ones (``None`` where the papers
   give none);
 * capabilities the communication layer reads: ``randomized``,
-  ``decode_needs_key`` and ``linear_payload``.
+  ``decode_needs_key``, ``linear_payload`` and ``low_precision_sum``.
 
 All three of ``encode``, ``decode`` and ``__call__`` also accept a pytree: each
 leaf is compressed on its own with the key ``jax.random.fold_in(key, i)`` for
@@ -109,6 +109,11 @@ class Compressor(abc.ABC):
   #: positions). The communication layer then all-reduces the payloads and
   #: decodes once, whatever the exchange scheme (see ``compopt.exchange``).
   linear_payload: bool = False
+  #: Whether the payload is the leaf rounded to a low-precision float that
+  #: the workers add in that dtype (``cast`` to float16/bfloat16): the
+  #: communication layer all-reduces the rounded values of w_i·x_i once,
+  #: whatever the exchange scheme but ``two_phase``.
+  low_precision_sum: bool = False
   #: The cost of one decode in dense passes over the output, for the cost
   #: model of ``compopt.exchange.auto`` (multi-pass decodes, e.g. QSGD's bit
   #: planes, make decoding n payloads dearer than one dense all-reduce).
@@ -240,6 +245,11 @@ class Compressor(abc.ABC):
           f"{self.name}: a leaf of shape {tuple(x.shape)} has {x.size} coordinates; at "
           f"most 2**31 - 1 = {MAX_LEAF_SIZE} per leaf are supported (positions and "
           "counts are int32). Split the leaf into smaller arrays.")
+    return self._encode_shaped(key, x)
+
+  def _encode_shaped(self, key, x) -> Payload:
+    """Payload of a leaf of any shape (size >= 1): ``_encode`` of the flat
+    leaf, unless the payload depends on the shape (``onebit``'s columns)."""
     return self._encode(key, x.reshape(-1))
 
   def _decode_sum_leaf(self, payloads, like, weights, key):
