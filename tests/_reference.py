@@ -174,7 +174,8 @@ def bit_planes(codes, nbits) -> np.ndarray:
 def cast(x: np.ndarray, np_dtype, scale: bool, headroom: int = 1) -> np.ndarray:
   """x rounded to ``np_dtype`` (a NumPy/ml_dtypes type); with ``scale``, x·2^s
   rounded and multiplied back, s = T − e with max|x| in [2^(e−1), 2^e), 2^T
-  half the dtype's range, less ceil(log2 headroom) for a sum of that many."""
+  half the dtype's range but at most 2^15, less ceil(log2 headroom) for a
+  sum of that many."""
   x = np.asarray(x, np.float64)
   if not scale:
     with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as a cast does
@@ -182,7 +183,7 @@ def cast(x: np.ndarray, np_dtype, scale: bool, headroom: int = 1) -> np.ndarray:
   info = np.finfo(np_dtype)
   amax = np.max(np.abs(x)) if x.size else 0.0
   e = int(np.frexp(amax)[1]) if np.isfinite(amax) and amax > 0 else 0
-  t = int(np.log2(float(info.max))) - math.ceil(math.log2(headroom))
+  t = min(int(np.log2(float(info.max))), 15) - math.ceil(math.log2(headroom))
   s = t - e
   return np.ldexp(np.ldexp(x, s).astype(np.float32).astype(np_dtype).astype(np.float64), -s)
 

@@ -55,6 +55,11 @@ def compressors() -> dict[str, tuple[Any, str]]:
       "top_k 1/128, block 128": (C.top_k(ratio=1 / 128, block_size=128), "fast_topk"),
       "rand_k 1%": (C.rand_k(ratio=0.01), None),
       "rand_k_wangni 1%": (C.rand_k_wangni(ratio=0.01), None),
+      # the compressors of other systems (PyTorch DDP hooks, CNTK, Strom)
+      "cast(float16)": (C.cast("float16"), "elementwise"),
+      "cast(float16, scale)": (C.cast("float16", scale=True), "sign"),
+      "onebit": (C.onebit(), "sign"),
+      "threshold 1%": (C.threshold(2.33, ratio=0.01), None),
   }
 
 

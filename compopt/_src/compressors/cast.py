@@ -28,6 +28,20 @@ SUMMED_DTYPES = ("float16", "bfloat16")
 #: The dtype of the per-leaf exponent of ``scale=True`` (signed: float32 and
 #: float64 exponents span −1074..1024).
 EXP_DTYPE = np.dtype(np.int16)
+#: With ``scale``, the largest |x_j| of a leaf is put just below 2^T, T at
+#: most this (float16's half range; bfloat16 has float32's range and needs
+#: no more).
+MAX_TARGET_EXPONENT = 15
+
+
+def _times_pow2(v, s) -> jax.Array:
+  """v·2^s, exactly: two multiplications by powers of two 2^⌊s/2⌋ and
+  2^⌈s/2⌉, each a normal number for |s| <= 252 (every float32 leaf's s);
+  a multiply is ~5x faster than ``jnp.ldexp`` on a CPU."""
+  s = s.astype(jnp.int32)
+  s1 = s // 2
+  one = jnp.ones((), v.dtype)
+  return (v * jnp.ldexp(one, s1)) * jnp.ldexp(one, s - s1)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -64,10 +78,11 @@ class Cast(base.Compressor):
 
   def target_exponent(self, headroom: int = 1) -> int:
     """T: with ``scale``, a leaf's largest |x_j| maps into [2^(T−1), 2^T),
-    leaving a factor ``headroom`` (rounded up to a power of two) below the
-    dtype's largest finite value, so that the sum of that many payloads
-    cannot overflow."""
-    return int(jnp.finfo(self.dtype).maxexp) - 1 - max(0, math.ceil(math.log2(headroom)))
+    2^T = min(half the dtype's range, 2^15), divided by ``headroom`` (rounded
+    up to a power of two) so that the sum of that many payloads cannot
+    overflow."""
+    top = min(int(jnp.finfo(self.dtype).maxexp) - 1, MAX_TARGET_EXPONENT)
+    return top - max(0, math.ceil(math.log2(headroom)))
 
   def exponent(self, x) -> jax.Array:
     """e with max_j |x_j| in [2^(e−1), 2^e) (0 for a leaf of zeros, inf or NaN):
@@ -77,9 +92,7 @@ class Cast(base.Compressor):
     return jnp.where(jnp.isfinite(amax) & (amax > 0), e, 0).astype(EXP_DTYPE)
 
   def shift(self, e, headroom: int = 1) -> jax.Array:
-    """s = T − e: x·2^s puts the largest |x_j| of the leaf into [2^(T−1), 2^T)
-    (``jnp.ldexp`` scales by 2^s exactly even where 2^s itself is not a
-    float32 number)."""
+    """s = T − e: x·2^s puts the largest |x_j| of the leaf into [2^(T−1), 2^T)."""
     return self.target_exponent(headroom) - e.astype(jnp.int32)
 
   def to_wire(self, x, s) -> jax.Array:
@@ -87,14 +100,14 @@ class Cast(base.Compressor):
     compute dtype (scaling by a power of two is exact)."""
     v = x.astype(base.compute_dtype(x.dtype))
     if s is not None:
-      v = jnp.ldexp(v, s.astype(jnp.int32))
+      v = _times_pow2(v, s)
     return v.astype(self.dtype)
 
   def from_wire(self, values, s, dtype) -> jax.Array:
     """values·2^−s in the compute dtype of ``dtype``."""
     v = values.astype(base.compute_dtype(dtype))
     if s is not None:
-      v = jnp.ldexp(v, -s.astype(jnp.int32))
+      v = _times_pow2(v, -s.astype(jnp.int32))
     return v
 
   def _encode(self, key, x):
@@ -136,8 +149,9 @@ def cast(dtype="float16", *, scale: bool = False) -> Cast:
 
   With ``scale=True`` each leaf is first multiplied by a power of two 2^s,
   s = T − e, where :math:`\max_j |x_j| \in [2^{e-1}, 2^e)` and 2^T is half the range
-  of ``dtype`` (2^15 for float16): the largest coordinate lands just below
-  2^T, so nothing overflows (a float16 gradient beyond 65504 would be inf)
+  of ``dtype`` but at most 2^15 (2^15 for float16, bfloat16 and
+  float8_e5m2, 2^8 for float8_e4m3fn): the largest coordinate lands just
+  below 2^T, so nothing overflows (a float16 gradient beyond 65504 would be inf)
   and small coordinates stay out of the subnormals as far as the leaf's
   dynamic range allows. e travels with the payload (16 bits per leaf);
   scaling by a power of two is exact, so only the rounding to ``dtype`` is

@@ -38,20 +38,22 @@ class OneBit(base.Compressor):
 
   def _encode_columns(self, x2):
     ct = base.compute_dtype(x2.dtype)
-    v = x2.astype(ct)
+    # Columns as rows (cols, r): the reductions run along the minor axis (on
+    # XLA's CPU backend a reduction over the major axis is a slow loop).
+    v = x2.T.astype(ct)
     neg = v < 0  # a zero (or NaN) joins the non-negative group
     # Sums of x·2^−e, e from the column's largest |x_j|: exact scaling by a
     # power of two, so the means neither overflow nor lose their low bits at
     # any magnitude of x; 2^e undoes it.
-    f, e = base.pow2_normalizer(jnp.max(jnp.abs(v), axis=0))
-    vs = v * f
-    n_neg = jnp.sum(neg, axis=0).astype(ct)
-    n_pos = v.shape[0] - n_neg
-    s_neg = jnp.sum(jnp.where(neg, vs, 0), axis=0)
-    s_pos = jnp.sum(jnp.where(neg, 0, vs), axis=0)
+    f, e = base.pow2_normalizer(jnp.max(jnp.abs(v), axis=1))
+    vs = v * f[:, None]
+    n_neg = jnp.sum(neg, axis=1).astype(ct)
+    n_pos = v.shape[1] - n_neg
+    s_neg = jnp.sum(jnp.where(neg, vs, 0), axis=1)
+    s_pos = jnp.sum(jnp.where(neg, 0, vs), axis=1)
     mean_pos = jnp.ldexp(jnp.where(n_pos > 0, s_pos / jnp.maximum(n_pos, 1), 0), e)
     mean_neg = jnp.ldexp(jnp.where(n_neg > 0, s_neg / jnp.maximum(n_neg, 1), 0), e)
-    return {"signs": wire.pack_bits(neg.reshape(-1)), "pos": mean_pos.astype(ct),
+    return {"signs": wire.pack_bits(neg.T.reshape(-1)), "pos": mean_pos.astype(ct),
             "neg": mean_neg.astype(ct)}
 
   def _decode(self, payload, size, dtype, key):

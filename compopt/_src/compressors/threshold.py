@@ -40,8 +40,11 @@ class Threshold(base.Compressor):
     rank = jnp.cumsum(above.astype(jnp.int32))  # 1..m at the ones above τ
     m = rank[-1]
     o = jax.random.randint(key, (), 0, jnp.maximum(m, 1), jnp.int32)
-    chosen = above & ((rank - 1 - o) % jnp.maximum(m, 1) < k)
-    idx = jnp.nonzero(chosen, size=k, fill_value=0)[0].astype(jnp.int32)
+    slot = (rank - 1 - o) % jnp.maximum(m, 1)  # its place in the window
+    chosen = above & (slot < k)
+    # one scatter of the positions into their slots (unused slots: 0)
+    idx = jnp.zeros((k,), jnp.int32).at[jnp.where(chosen, slot, k)].set(
+        jnp.arange(size, dtype=jnp.int32), mode="drop")
     count = jnp.minimum(m, k)
     valid = jnp.arange(k) < count
     poison = sparse.nonfinite_poison(x)  # an inf/NaN anywhere is never hidden
