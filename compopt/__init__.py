@@ -28,6 +28,8 @@ from compopt._src.methods.dcsgd import CompressedMeanState
 from compopt._src.methods.dcsgd import compressed_mean
 from compopt._src.methods.dcsgd import dcsgd
 from compopt._src.methods.dcsgd import psgd
+from compopt._src.methods.dgc import DGCState
+from compopt._src.methods.dgc import dgc
 from compopt._src.methods.error_feedback import DoubleSqueezeEstimatorState
 from compopt._src.methods.error_feedback import EF21EstimatorState
 from compopt._src.methods.error_feedback import ErrorFeedbackState
@@ -64,6 +66,7 @@ __all__ = (
     "Bits",
     "CommBits",
     "CompressedMeanState",
+    "DGCState",
     "Compressor",
     "DataParallel",
     "DoubleSqueezeEstimatorState",
@@ -86,6 +89,7 @@ __all__ = (
     "data_parallel",
     "dcgd_shift",
     "dcsgd",
+    "dgc",
     "diana",
     "double_squeeze",
     "double_squeeze_estimator",

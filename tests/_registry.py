@@ -62,6 +62,9 @@ METHODS = {
     "ef_sgd_threshold": (compopt.ef_sgd, lambda n: dict(
         compressor=C.threshold(0.01, max_count=3), key=7)),
     "onebit_sgd": (compopt.onebit_sgd, lambda n: dict(momentum=0.9)),
+    # DGC: a warm-up stage of density 0.67, then top_k 34% of the velocity.
+    "dgc": (compopt.dgc, lambda n: dict(compressor=C.top_k(ratio=0.34), warmup=((0.67, 1),),
+                                        clip_norm=10.0, key=7)),
     "neolithic": (compopt.neolithic, lambda n: dict(
         compressor=C.scaled(C.rand_k(1), 0.2), rounds=2, server_compressor=C.top_k(2))),
 }
@@ -76,7 +79,7 @@ FAST = ("psgd", "dcsgd_shared_rand_k_nice", "ef_sgd", "diana", "comp_ams", "doub
 # samplings are callable or objects, and validated structural numbers would
 # otherwise become arrays.
 STATIC_ARGS = ("compressor", "sampling", "shift_compressor", "server_compressor", "rounds",
-               "p", "eta")
+               "p", "eta", "warmup", "ratio")
 
 
 def params() -> list:

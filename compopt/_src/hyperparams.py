@@ -29,7 +29,7 @@ from compopt._src.typing import DTypeArg
 #: static.
 STRUCTURAL = frozenset({
     "rounds", "p", "eta", "key", "every_k", "max_consecutive_skips", "k", "levels",
-    "block_size", "shift", "scheme", "sampling",
+    "block_size", "shift", "scheme", "sampling", "ratio", "warmup", "min_compression_rate",
 })
 
 

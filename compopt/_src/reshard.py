@@ -191,6 +191,9 @@ def reshard_state(state: Any, n: int):
                               Rand-DIANA)                  keeps h = mean_j h'_j;
                                                            the shifts re-learn
                                                            ∇f_j(x*) of the new split
+    DGCState                  momentum u_i and unsent      u'_j = mean_i u_i,
+                              velocity v_i (DGC)           v'_j = mean_i v_i: keeps
+                                                           the correction still owed
     TwoPhaseState             two_phase's server error,    the old owners' chunks
                               the owner's chunk            summed, cut into the new
                                                            owners' chunks
