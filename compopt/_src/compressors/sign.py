@@ -17,7 +17,11 @@ the batch, a masked weight):
   scaled forms contract at least as much as with one bit (see
   :func:`scaled_sign`), and a coordinate whose input is 0 gets exactly 0.
 
-Both send one float32 scale per block (float64 for float64 input).
+Both send one float32 scale per block (float64 for float64 input). The
+scaled forms take the scale of a block B of d_B coordinates from its ℓ1 norm,
+‖x_B‖₁/d_B (``scale="l1"``, EF-SignSGD and COMP-AMS), or from its ℓ2 norm,
+‖x_B‖₂/√d_B (``scale="l2"``, DeepSpeed's 1-bit Adam), which keeps the norm of
+the block when no coordinate is zero.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ from compopt._src.compressors import fusion
 #: zero becomes: "keep" (sign(0) = 0, 1.6 bits per coordinate) or "plus"
 #: (sent as +1, 1 bit).
 ZEROS = ("keep", "plus")
+
+
+#: The scales of the scaled sign compressors, by the norm they come from:
+#: "l1" (‖x_B‖₁/d_B) or "l2" (‖x_B‖₂/√d_B).
+SCALES = ("l1", "l2")
+
+
+def check_scale(scale, owner: str) -> str:
+  """``scale`` if it is one of :data:`SCALES`, else a ValueError naming them."""
+  if not isinstance(scale, str) or scale not in SCALES:
+    raise ValueError(
+        f"{owner}: `scale` must be one of {SCALES} ('l1': ‖x‖₁/d per block; 'l2': "
+        f"‖x‖₂/√d per block); got {scale!r}")
+  return scale
 
 
 def check_zeros(zeros, owner: str) -> str:
@@ -143,15 +161,19 @@ def _sign_bits(zeros, size):
 
 @dataclasses.dataclass(frozen=True)
 class BlockSign(base.Compressor):
-  """(‖x_B‖₁/d_B) sign(x_B) on each block B of a leaf: class B(min_B 1/d_B).
+  """a_B sign(x_B) on each block B of a leaf.
 
-  ``block_size=None`` makes the whole leaf one block (scaled_sign, the
-  compressor of EF-SignSGD, class B(‖x‖₁²/(d‖x‖²)) ⊇ B(1/d)). ``zeros``:
-  sign(0) = +1 ("plus", 1 bit per coordinate) or 0 ("keep", 1.6 bits).
+  ``scale="l1"``: a_B = ‖x_B‖₁/d_B, class B(min_B 1/d_B); ``block_size=None``
+  makes the whole leaf one block (scaled_sign, the compressor of EF-SignSGD,
+  class B(‖x‖₁²/(d‖x‖²)) ⊇ B(1/d)). ``scale="l2"``: a_B = ‖x_B‖₂/√d_B, not
+  contractive for blocks of 4 or more coordinates (see :func:`scaled_sign`).
+  ``zeros``: sign(0) = +1 ("plus", 1 bit per coordinate) or 0 ("keep", 1.6
+  bits).
   """
   block_size: int | None = None
   name: str = "block_sign"
   zeros: str = "plus"
+  scale: str = "l1"
   randomized = False
 
   @property
@@ -180,6 +202,8 @@ class BlockSign(base.Compressor):
       return jnp.concatenate(out) if len(out) > 1 else out[0]
 
     counts = jnp.full((nblocks,), block, ct).at[-1].set(x.size - block * (nblocks - 1))
+    if self.scale == "l2":
+      return self._payload(x, self._l2_scales(x, per_block, counts))
     scales = fusion.isolated(lambda v: per_block(v, jnp.sum), x) / counts
 
     def rescaled(v):
@@ -200,9 +224,24 @@ class BlockSign(base.Compressor):
       return jnp.where(jnp.isfinite(scales), scales, rescaled(v))
 
     scales = fusion.per_backend(cpu, default, x)
+    return self._payload(x, scales)
+
+  def _payload(self, x, scales):
     if self.zeros == "keep":
       return {"trits": wire.pack_trits(_trits(x)), "scales": scales}
     return {"signs": wire.pack_bits(x < 0), "scales": scales}
+
+  @staticmethod
+  def _l2_scales(x, per_block, counts):
+    """‖x_B‖₂/√d_B of every block, without overflow or underflow: the sum of
+    squares of x·2^−e, e from the block's largest |x_j| (exact scaling by a
+    power of two, so every square is at most 1 and none of the largest
+    flushes to zero), its root mean, and 2^e back. An inf or NaN in a block
+    makes its scale inf or NaN."""
+    amax = fusion.isolated(lambda v: per_block(v, jnp.max), x)
+    f, e = base.pow2_normalizer(amax)
+    squares = per_block(x, lambda a, axis=None: jnp.sum(a * a, axis=axis), f)
+    return jnp.ldexp(jnp.sqrt(squares / counts), e)
 
   def _decode(self, payload, size, dtype, key):
     block, _ = self._blocks(size)
@@ -218,9 +257,15 @@ class BlockSign(base.Compressor):
         base.compute_dtype(dtype))
 
   def _delta(self, size):
+    block, _ = self._blocks(size)
+    if self.scale == "l2":
+      # ‖C(x_B) − x_B‖² ≤ (2 − 2/√d_B)‖x_B‖², reached as x_B tends to one
+      # nonzero coordinate among d_B nonzeros (see scaled_sign): a
+      # contraction only for d_B ≤ 3, the largest block (the smaller last
+      # block contracts more).
+      return 2.0 / math.sqrt(block) - 1.0 if block <= 3 else None
     # Both forms: ‖C(x_B) − x_B‖² ≤ ‖x_B‖² − ‖x_B‖₁²/d_B ≤ (1 − 1/d_B)‖x_B‖²
     # (see scaled_sign for the form that keeps zeros).
-    block, _ = self._blocks(size)
     return 1.0 / block
 
 
@@ -268,8 +313,9 @@ def sign(zeros: str = "plus") -> Sign:
   return Sign(zeros=check_zeros(zeros, "sign"))
 
 
-def scaled_sign(zeros: str = "plus") -> BlockSign:
-  """(‖x‖₁/d)·sign(x) per leaf: class B(‖x‖₁²/(d‖x‖₂²)), at worst B(1/d).
+def scaled_sign(zeros: str = "plus", scale: str = "l1") -> BlockSign:
+  """(‖x‖₁/d)·sign(x) per leaf: class B(‖x‖₁²/(d‖x‖₂²)), at worst B(1/d);
+  with ``scale="l2"``, (‖x‖₂/√d)·sign(x), 1-bit Adam's compressor.
 
   The compressor of EF-SignSGD (Karimireddy et al. 2019, Alg. 1). With
   a = ‖x‖₁/d and d_nz the number of x_j ≠ 0:
@@ -290,11 +336,26 @@ def scaled_sign(zeros: str = "plus") -> BlockSign:
   (:func:`compopt.scaled_signsgd`, :func:`compopt.ef_signsgd`) default to
   ``"keep"``, so that they do not move parameters whose gradient is zero.
 
+  ``scale="l2"`` takes a = ‖x‖₂/√d instead, as DeepSpeed's compressed
+  all-reduce of 1-bit Adam does (Tang et al. 2021): with no zero in x (or
+  with ``zeros="plus"``), ‖C(x)‖ = ‖x‖. It is not contractive as a class
+  for d ≥ 4, so ``delta`` is None there. With ψ = ‖x‖₁/(√d‖x‖₂) ∈ [1/√d, 1]
+  and ρ = d_nz/d (ρ = 1 with ``zeros="plus"``),
+  ``‖C(x) − x‖² = (1 + ρ − 2ψ)‖x‖²``, whose supremum over x is
+  (2 − 2/√d)‖x‖² (all d coordinates nonzero, the mass on one of them): more
+  than ‖x‖² for d ≥ 5, equal to it for d = 4 (for any d, ψ > 1/2 gives a
+  contraction for that x). For d ≤ 3, δ = 2/√d − 1 (1, 0.414, 0.155).
+  1-bit Adam uses it with error feedback all the same; the ℓ1 scale is the
+  contractive choice.
+
   Args:
     zeros: ``"plus"`` (default): one bit per coordinate, ceil(d/8) bytes.
       ``"keep"``: one base-3 code per coordinate, five per byte, ceil(d/5)
       bytes (1.6 bits per coordinate). Either way one float32 scale a
       (float64 for float64 leaves).
+    scale: ``"l1"`` (default): a = ‖x‖₁/d; ``"l2"``: a = ‖x‖₂/√d, computed
+      without overflow or underflow at any magnitude (the squares of x·2^−e,
+      e from the largest ``|x_j|``). The wire is the same.
 
   Returns:
     A :class:`BlockSign` compressor with one block per leaf.
@@ -307,16 +368,26 @@ def scaled_sign(zeros: str = "plus") -> BlockSign:
     Array([ 1.,  1., -1.], dtype=float32)
     >>> C.scaled_sign(zeros="keep")(None, x)
     Array([ 1.,  0., -1.], dtype=float32)
+    >>> C.scaled_sign(scale="l2")(None, jnp.array([3., -4., 0., 0.]))  # ‖x‖₂/√d = 5/2
+    Array([ 2.5, -2.5,  2.5,  2.5], dtype=float32)
+    >>> C.scaled_sign(scale="l2").delta(4) is None
+    True
 
   References:
     Karimireddy, Rebjock, Stich, Jaggi. Error feedback fixes SignSGD and other
     gradient compression schemes, ICML 2019. https://arxiv.org/abs/1901.09847
+
+    Tang, Gan, Awan, Rajbhandari, Li, Lian, Liu, Zhang, He. 1-bit Adam:
+    communication efficient large-scale training with Adam's convergence
+    speed, ICML 2021. https://arxiv.org/abs/2102.02888
   """
   return BlockSign(block_size=None, name="scaled_sign",
-                   zeros=check_zeros(zeros, "scaled_sign"))
+                   zeros=check_zeros(zeros, "scaled_sign"),
+                   scale=check_scale(scale, "scaled_sign"))
 
 
-def block_sign(block_size: int | None = None, zeros: str = "plus") -> BlockSign:
+def block_sign(block_size: int | None = None, zeros: str = "plus",
+               scale: str = "l1") -> BlockSign:
   """Block-Sign of COMP-AMS (Li & Li 2022, Def. 2): scaled sign on each block.
 
   Class B(min_i 1/d_i) over blocks of sizes d_i (Li & Li 2022, Remark 1),
@@ -338,6 +409,9 @@ def block_sign(block_size: int | None = None, zeros: str = "plus") -> BlockSign:
     zeros: ``"plus"`` (default, the paper's 1 bit per coordinate): x_j = 0 is
       sent as +1, ceil(d/8) bytes; ``"keep"``: sign(0) = 0, ceil(d/5) bytes of
       base-3 codes. Either way one float32 scale per block.
+    scale: ``"l1"`` (default, the paper's ‖x_B‖₁/d_B) or ``"l2"``
+      (‖x_B‖₂/√d_B, as :func:`scaled_sign` with ``scale="l2"``: not
+      contractive for blocks of 4 or more coordinates).
 
   Returns:
     A :class:`BlockSign` compressor.
@@ -357,4 +431,5 @@ def block_sign(block_size: int | None = None, zeros: str = "plus") -> BlockSign:
   """
   if block_size is not None:
     block_size = checks.check_int(block_size, "block_size", "block_sign")
-  return BlockSign(block_size=block_size, zeros=check_zeros(zeros, "block_sign"))
+  return BlockSign(block_size=block_size, zeros=check_zeros(zeros, "block_sign"),
+                   scale=check_scale(scale, "block_sign"))
