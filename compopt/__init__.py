@@ -40,7 +40,10 @@ from compopt._src.methods.error_feedback import ef21_estimator
 from compopt._src.methods.error_feedback import ef_sgd
 from compopt._src.methods.error_feedback import ef_signsgd
 from compopt._src.methods.error_feedback import error_feedback
-from compopt._src.methods.error_feedback import onebit_sgd
+from compopt._src.methods.onebit_adam import OnebitAdamState
+from compopt._src.methods.onebit_adam import onebit_adam
+from compopt._src.methods.onebit_adam import zero_one_adam
+from compopt._src.methods.onebit_sgd import onebit_sgd
 from compopt._src.methods.comp_ams import ScaleByCompAmsState
 from compopt._src.methods.comp_ams import comp_ams
 from compopt._src.methods.comp_ams import scale_by_comp_ams
@@ -49,6 +52,10 @@ from compopt._src.methods.guard import SkipNonfiniteState
 from compopt._src.methods.guard import skip_nonfinite
 from compopt._src.methods.guard import skipped_steps
 from compopt._src.methods.neolithic import neolithic
+from compopt._src.methods.powersgd import PowerSGDState
+from compopt._src.methods.powersgd import powersgd
+from compopt._src.methods.powersgd import powersgd_mean
+from compopt._src.methods.powersgd import powersgd_wire_bits
 from compopt._src.methods.shifted import GdciState
 from compopt._src.methods.shifted import ShiftedCompressionState
 from compopt._src.methods.shifted import dcgd_shift
@@ -74,6 +81,8 @@ __all__ = (
     "ErrorFeedbackState",
     "GdciState",
     "IterateAverageState",
+    "OnebitAdamState",
+    "PowerSGDState",
     "ScaleByCompAmsState",
     "ShiftedCompressionState",
     "SkipNonfiniteState",
@@ -104,9 +113,13 @@ __all__ = (
     "iterate_average",
     "majority_vote",
     "neolithic",
+    "onebit_adam",
     "onebit_sgd",
     "parallel",
     "partition_by_size",
+    "powersgd",
+    "powersgd_mean",
+    "powersgd_wire_bits",
     "psgd",
     "rand_diana",
     "reshard_state",
@@ -120,4 +133,5 @@ __all__ = (
     "skipped_steps",
     "theory",
     "worker_error_feedback",
+    "zero_one_adam",
 )

@@ -62,6 +62,17 @@ METHODS = {
     "ef_sgd_threshold": (compopt.ef_sgd, lambda n: dict(
         compressor=C.threshold(0.01, max_count=3), key=7)),
     "onebit_sgd": (compopt.onebit_sgd, lambda n: dict(momentum=0.9)),
+    # 1-bit Adam / 0/1 Adam past their dense stage within 2 steps; allgather, so
+    # that the allreduce scheme gives the same numbers (two_phase compresses per
+    # chunk).
+    "onebit_adam": (compopt.onebit_adam, lambda n: dict(
+        freeze_step=1, b1=0.75, b2=0.9375, scheme="allgather")),
+    "zero_one_adam": (compopt.zero_one_adam, lambda n: dict(
+        var_freeze_step=1, var_update_scaler=2, b1=0.75, b2=0.9375, scheme="allgather",
+        zeros="plus")),
+    # PowerSGD rank 2, one dense warm-up step; w (5, 3) is compressed.
+    "powersgd": (compopt.powersgd, lambda n: dict(rank=2, min_compression_rate=0.5,
+                                                  start_iter=1, key=7)),
     # DGC: a warm-up stage of density 0.67, then top_k 34% of the velocity.
     "dgc": (compopt.dgc, lambda n: dict(compressor=C.top_k(ratio=0.34), warmup=((0.67, 1),),
                                         clip_norm=10.0, key=7)),
@@ -79,7 +90,8 @@ FAST = ("psgd", "dcsgd_shared_rand_k_nice", "ef_sgd", "diana", "comp_ams", "doub
 # samplings are callable or objects, and validated structural numbers would
 # otherwise become arrays.
 STATIC_ARGS = ("compressor", "sampling", "shift_compressor", "server_compressor", "rounds",
-               "p", "eta", "warmup", "ratio")
+               "p", "eta", "warmup", "ratio", "rank", "start_iter", "min_compression_rate",
+               "freeze_step", "var_freeze_step", "var_update_scaler")
 
 
 def params() -> list:

@@ -19,7 +19,10 @@ LAYERS = [
     {"compressors.base", "reshard", "partition"},
     # concrete compressors and their tree constants
     {"compressors.tree", "compressors.sparse", "compressors.sign", "compressors.quantize",
-     "compressors.combine", "compressors.per_worker"},
+     "compressors.combine", "compressors.per_worker", "compressors.cast",
+     "compressors.onebit"},
+    # compressors built on the sparse ones
+    {"compressors.threshold"},
     # exchange schemes and the theorems' constants
     {"schemes", "theory"},
     # the communication layer, and the public signatures' types
@@ -27,14 +30,16 @@ LAYERS = [
     # methods: the guard, then the families, then methods built on families
     {"methods.guard"},
     {"methods.dcsgd", "methods.error_feedback", "methods.shifted", "methods.accumulate"},
-    {"methods.baselines", "methods.comp_ams", "methods.neolithic"},
+    {"methods.baselines", "methods.comp_ams", "methods.neolithic", "methods.powersgd",
+     "methods.dgc", "methods.onebit_sgd", "methods.onebit_adam"},
     # built on methods: the jitted data-parallel step, hyperparameter
     # injection, iterate averaging
     {"data_parallel", "hyperparams", "averaging"},
 ]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 CONCRETE_COMPRESSORS = {"compressors.sparse", "compressors.sign", "compressors.quantize",
-                        "compressors.combine"}
+                        "compressors.combine", "compressors.cast", "compressors.onebit",
+                        "compressors.threshold"}
 
 
 def _src_modules():

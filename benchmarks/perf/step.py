@@ -69,6 +69,17 @@ def methods(quick: bool = False) -> dict[str, tuple[Callable[[Any], Any], bool]]
       "EF-SGD top_k 1%, block 1024": (
           lambda s: compopt.ef_sgd(0.1, compressor=C.top_k(ratio=0.01, block_size=1024),
                                    axis_name=AXIS, scheme=s), False),
+      # the methods of other systems
+      "DCSGD cast(float16, scale), momentum": (
+          lambda s: compopt.dcsgd(0.1, compressor=C.cast("float16", scale=True), momentum=0.9,
+                                  axis_name=AXIS, scheme=s), True),
+      "1-bit SGD (onebit), momentum": (
+          lambda s: compopt.onebit_sgd(0.1, momentum=0.9, axis_name=AXIS, scheme=s), False),
+      "Strom: EF-SGD threshold 1%": (
+          lambda s: compopt.ef_sgd(0.1, compressor=C.threshold(1e-3, ratio=0.01),
+                                   axis_name=AXIS, scheme=s), False),
+      "DGC 0.1%": (
+          lambda s: compopt.dgc(0.1, ratio=0.001, axis_name=AXIS, scheme=s), False),
   }
   if quick:
     keep = ("P-SGD, momentum (compopt.psgd)", "EF-SignSGD (scaled sign)",
@@ -98,7 +109,11 @@ def time_step(tx, params, grads, mesh, n: int, reps: int) -> tuple[float, float]
 
 
 def run(quick: bool = False, n: int = 8, reps: int = 5,
-        schemes: Sequence[str] = ("allgather", "allreduce", "two_phase", "auto")) -> list[dict]:
+        schemes: Sequence[str] = ("allgather", "allreduce", "two_phase", "auto"),
+        only: Sequence[str] | None = None) -> list[dict]:
+  """Rows of seconds per step and the ratio to the baseline, for every method
+  of :func:`methods` (those whose name starts with one of ``only``, if given)
+  and scheme."""
   if jax.device_count() < n:
     raise RuntimeError(
         f"step benchmark needs {n} devices, JAX sees {jax.device_count()}: set "
@@ -120,6 +135,8 @@ def run(quick: bool = False, n: int = 8, reps: int = 5,
   ams_s, _ = time_step(baseline(1e-3, "amsgrad"), params, grads, mesh, n, reps)
   rows = []
   for name, (make, elementwise) in methods(quick).items():
+    if only and not any(name.startswith(o) for o in only):
+      continue
     for scheme in (("allreduce",) if name.startswith("P-SGD") else schemes):
       tx = make(scheme)
       s, first = time_step(tx, params, grads, mesh, n, reps)

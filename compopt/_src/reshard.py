@@ -194,6 +194,13 @@ def reshard_state(state: Any, n: int):
     DGCState                  momentum u_i and unsent      u'_j = mean_i u_i,
                               velocity v_i (DGC)           v'_j = mean_i v_i: keeps
                                                            the correction still owed
+    OnebitAdamState           worker error (1-bit Adam,    mean over the old workers
+                              0/1 Adam)                    (keeps the pending
+                                                           correction); moments and
+                                                           the server error copied
+    PowerSGDState             error e_i (PowerSGD)         e'_j = mean_i e_i (as
+                                                           EF-SGD); the warm-started
+                                                           Q is replicated
     TwoPhaseState             two_phase's server error,    the old owners' chunks
                               the owner's chunk            summed, cut into the new
                                                            owners' chunks
