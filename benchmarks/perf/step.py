@@ -80,6 +80,10 @@ def methods(quick: bool = False) -> dict[str, tuple[Callable[[Any], Any], bool]]
                                    axis_name=AXIS, scheme=s), False),
       "DGC 0.1%": (
           lambda s: compopt.dgc(0.1, ratio=0.001, axis_name=AXIS, scheme=s), False),
+      "PowerSGD rank 4, momentum": (
+          lambda s: compopt.powersgd(0.1, rank=4, momentum=0.9, axis_name=AXIS, scheme=s),
+          False),
+
   }
   if quick:
     keep = ("P-SGD, momentum (compopt.psgd)", "EF-SignSGD (scaled sign)",

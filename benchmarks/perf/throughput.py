@@ -59,6 +59,7 @@ def compressors() -> dict[str, tuple[Any, str]]:
       "cast(float16)": (C.cast("float16"), "elementwise"),
       "cast(float16, scale)": (C.cast("float16", scale=True), "sign"),
       "onebit": (C.onebit(), "sign"),
+      "scaled_sign l2 (1-bit Adam)": (C.scaled_sign(scale="l2"), "sign"),
       "threshold 1%": (C.threshold(2.33, ratio=0.01), None),
   }
 
