@@ -104,14 +104,21 @@ def _bits(counter, n_new):
 def _state_type_of(mapping):
   """The registered NamedTuple state (or :class:`CommBits`) that ``mapping``
   stores by its field names, as a Flax ``nnx.State`` does (leaving out fields
-  that are None), when exactly one matches."""
+  that are None): of the states whose fields hold the keys, the one with the
+  fewest fields, when exactly one has that few (ErrorFeedbackState's fields
+  are a subset of PowerSGDState's)."""
   keys = set(mapping.keys())
   if len(keys) < 2 or not all(isinstance(k, str) for k in keys):
     return None
   candidates = [cls for cls in list(_RULES) + [counters.CommBits]
                 if keys <= set(cls._fields) and set(_RULES.get(cls, {})) <= keys
                 and len(keys) >= min(2, len(cls._fields))]
-  return candidates[0] if len(candidates) == 1 else None
+  if not candidates:
+    return None
+  # the closest: fewest fields beyond the keys (nnx leaves out None fields)
+  fewest = min(len(cls._fields) for cls in candidates)
+  closest = [cls for cls in candidates if len(cls._fields) == fewest]
+  return closest[0] if len(closest) == 1 else None
 
 
 def _rebuild(mapping, values: dict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ import numpy as np
 
 from compopt._src import wire
 from compopt._src.compressors import base
+
+# what typing.DTypeArg spells (compopt._src.typing sits above the compressors)
+DTypeArg = Union[type, str, np.dtype]
 
 #: The dtypes a leaf can be cast to, by name.
 CAST_DTYPES = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -139,7 +143,7 @@ class Cast(base.Compressor):
     return 1.0 - bound if bound < 1 else None
 
 
-def cast(dtype="float16", *, scale: bool = False) -> Cast:
+def cast(dtype: DTypeArg = "float16", *, scale: bool = False) -> Cast:
   r"""C(x) = x rounded to a lower-precision float ``dtype``.
 
   The compression of PyTorch DDP's ``fp16_compress_hook`` and

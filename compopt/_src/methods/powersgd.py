@@ -167,7 +167,8 @@ def _draw_q(key, index, leaf: _Leaf, dtype):
   return jax.random.normal(jax.random.fold_in(key, index), (leaf.m, leaf.r), dtype)
 
 
-def powersgd_wire_bits(params, *, rank: int = 1, min_compression_rate: float = 2) -> int:
+def powersgd_wire_bits(params: optax.Params, *, rank: int = 1,
+                       min_compression_rate: float = 2) -> int:
   """Bits one worker contributes to the all-reduces of one PowerSGD step.
 
   The step all-reduces the P ∈ R^{n×r} of every compressed leaf together with
