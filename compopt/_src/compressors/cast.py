@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compopt._src import checks
 from compopt._src import wire
 from compopt._src.compressors import base
 
@@ -211,6 +212,4 @@ def cast(dtype: DTypeArg = "float16", *, scale: bool = False) -> Cast:
     float16's range). https://arxiv.org/abs/1710.03740
   """
   dt = check_cast_dtype(dtype, "cast")
-  if not isinstance(scale, bool):
-    raise TypeError(f"cast: `scale` must be True or False; got {scale!r}")
-  return Cast(dtype=dt, scale=scale)
+  return Cast(dtype=dt, scale=checks.check_bool(scale, "scale", "cast"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +66,7 @@ class OneBit(base.Compressor):
 
   def wire_bits(self, shape, dtype) -> int:
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    size = math.prod(int(s) for s in shape)
+    size = base._size(shape)  # pylint: disable=protected-access
     if size == 0:
       return 0
     ct = base.compute_dtype(dtype)
@@ -78,8 +77,7 @@ class OneBit(base.Compressor):
     # the split by sign, so the error is at most scaled_sign's on that
     # column: ‖C(x) − x‖² ≤ ‖x‖² − ‖x‖₁²/r ≤ (1 − 1/r)‖x‖².
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    size = max(1, math.prod(int(s) for s in shape))
-    return _columns(shape) / size
+    return _columns(shape) / max(1, base._size(shape))  # pylint: disable=protected-access
 
   def _delta(self, size):
     return 1.0 / size  # one column (what delta() gives a 1-D leaf)
